@@ -1,0 +1,216 @@
+"""MSW-MSA in ComfyUI: an attn1 replace patch per chosen block, gated by sigma.
+
+The patch receives the projected q, k, v of a self-attention call and runs ComfyUI's own
+attention function inside the shifted windows (:mod:`hidiff.core.windows`). The token
+grid comes from ``activations_shape`` that ComfyUI records for every SpatialTransformer,
+so it is exact at every size and aspect ratio. Any call it cannot window (outside the
+time range, a token count changed by another patch, cross-attention in attn1) runs the
+very same attention call as an unpatched model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import comfy.ldm.modules.attention as comfy_attention
+import torch
+
+from ..core.blocks import format_block_list, parse_block_list
+from ..core.schedule import TIME_MODES, SigmaRange, current_sigma, sigma_range
+from ..core.unet_map import UNetMap
+from ..core.windows import WindowLayout, window_layout, windowed_attention
+from ..log import logger
+from .model_info import percent_to_sigma, unet_map_of
+from .params import ParameterError, parse_yaml_parameters, require_bool, require_choice, require_number
+from .run_state import RunState, install_run_state, run_state
+
+EFFECT = "hidiffusion_msw_msa"
+BLOCK_KINDS = ("input", "middle", "output")
+SHIFT_MODES = ("distinct", "independent", "none")
+
+YAML_KEYS = {
+    "input_blocks": "input blocks to window, e.g. '1,2' or [1, 2]",
+    "middle_blocks": "middle blocks to window ('0' or empty)",
+    "output_blocks": "output blocks to window, e.g. '9,10,11'",
+    "time_mode": f"one of {', '.join(TIME_MODES)}",
+    "start_time": "when windowing starts (inclusive)",
+    "end_time": "when windowing ends (inclusive)",
+    "shift_mode": "distinct (default: the windows move every step), independent (official i.i.d. shifts) or none",
+    "verbose": "true to log the window layout of each block once per run",
+}
+
+
+@dataclass(frozen=True)
+class MswMsaSettings:
+    """Checked settings of one MSW-MSA application, before they meet a model."""
+
+    input_blocks: tuple[int, ...]
+    middle_blocks: tuple[int, ...]
+    output_blocks: tuple[int, ...]
+    time_mode: str
+    start_time: float
+    end_time: float
+    shift_mode: str = "distinct"
+    verbose: bool = False
+
+    def blocks(self, kind: str) -> tuple[int, ...]:
+        """The chosen blocks of one kind."""
+        return {"input": self.input_blocks, "middle": self.middle_blocks, "output": self.output_blocks}[kind]
+
+
+def build_settings(yaml_parameters: str | None = None, **inputs: Any) -> MswMsaSettings:
+    """Merge the node inputs with ``yaml_parameters`` and check every value.
+
+    Raises :class:`ParameterError` (or a subclass of ValueError) naming the input. Time
+    bounds and their order are checked here already; the model's own sigma scale is
+    applied later, by :func:`apply_msw_msa`.
+    """
+    values = {**inputs, **parse_yaml_parameters(yaml_parameters, YAML_KEYS)}
+    settings = MswMsaSettings(
+        input_blocks=parse_block_list("input_blocks", values.get("input_blocks", "")),
+        middle_blocks=parse_block_list("middle_blocks", values.get("middle_blocks", "")),
+        output_blocks=parse_block_list("output_blocks", values.get("output_blocks", "")),
+        time_mode=require_choice("time_mode", values.get("time_mode", "percent"), TIME_MODES),
+        start_time=require_number("start_time", values.get("start_time", 0.0)),
+        end_time=require_number("end_time", values.get("end_time", 1.0)),
+        shift_mode=require_choice("shift_mode", values.get("shift_mode", "distinct"), SHIFT_MODES),
+        verbose=require_bool("verbose", values.get("verbose", False)),
+    )
+    # Any decreasing map keeps the order of percents, so bounds and order can be checked
+    # without a model.
+    sigma_range(settings.time_mode, settings.start_time, settings.end_time, lambda p: 1.0 - p)
+    return settings
+
+
+class MswMsaAttention:
+    """The attn1 replace patch: windowed attention while active, stock attention otherwise.
+
+    Immutable and shared between clones (``__deepcopy__`` returns itself), so cloning a
+    patched model never duplicates or resets anything.
+    """
+
+    hidiffusion_effect = EFFECT
+
+    def __init__(self, blocks: Iterable[tuple[str, int]], time: SigmaRange, shift_mode: str, verbose: bool) -> None:
+        self.blocks = frozenset(blocks)
+        self.time = time
+        self.shift_mode = shift_mode
+        self.verbose = verbose
+
+    def __deepcopy__(self, memo: dict) -> MswMsaAttention:
+        return self
+
+    def __repr__(self) -> str:
+        return f"MswMsaAttention(blocks={sorted(self.blocks)}, time={self.time}, shift_mode={self.shift_mode!r})"
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return comfy_attention.optimized_attention(
+                q,
+                k,
+                v,
+                extra_options["n_heads"],
+                attn_precision=extra_options.get("attn_precision"),
+                transformer_options=extra_options,
+            )
+
+        layout = self.layout_for(q, k, v, extra_options)
+        if layout is None:
+            return attention(q, k, v)
+        return windowed_attention(q, k, v, layout, attention)
+
+    def layout_for(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> WindowLayout | None:
+        """The window layout of this call, or None to run it unpatched."""
+        block = extra_options.get("block")
+        sigma = current_sigma(extra_options.get("sigmas"))
+        if block is None or tuple(block[:2]) not in self.blocks or sigma is None or not self.time.contains(sigma):
+            return None
+        state = run_state(extra_options, EFFECT)
+        name = f"{block[0]} block {block[1]}"
+        shape = extra_options.get("activations_shape")
+        if shape is None or len(shape) != 4:
+            _tell(state, f"MSW-MSA skipped on {name}: ComfyUI gave no feature-map shape for this call")
+            return None
+        height, width = int(shape[-2]), int(shape[-1])
+        if k.shape[1] != q.shape[1] or v.shape[1] != k.shape[1]:
+            _tell(state, f"MSW-MSA skipped on {name}: attn1 attends to another sequence here (cross-attention)")
+            return None
+        if q.shape[1] != height * width or q.shape[0] != shape[0]:
+            _tell(
+                state,
+                f"MSW-MSA skipped on {name}: {q.shape[1]} tokens do not match the {height}x{width} map "
+                "(another patch changed the attention tokens); that block runs unpatched",
+            )
+            return None
+        block_key = (block[0], block[1], extra_options.get("block_index", 0))
+        if state is not None:
+            shift = state.shift_index(block_key, sigma, self.shift_mode)
+        else:
+            shift = 0
+            logger.debug("MSW-MSA on %s ran outside a sampler (no run state): shift 0", name)
+        layout = window_layout(height, width, shift)
+        if self.verbose and state is not None:
+            state.tell_once(
+                f"MSW-MSA {name}.{block_key[2]}: {height}x{width} tokens, windows "
+                f"{layout.window_h}x{layout.window_w}, shift unit {layout.window_h // 4}x{layout.window_w // 4}",
+                level="info",
+            )
+        return layout
+
+
+def _tell(state: RunState | None, message: str) -> None:
+    if state is not None:
+        state.tell_once(message)
+    else:
+        logger.debug(message)
+
+
+def check_blocks(settings: MswMsaSettings, unet: UNetMap) -> list[tuple[str, int]]:
+    """The chosen blocks that have self-attention; the others are reported once, with the valid ones."""
+    targets = []
+    for kind in BLOCK_KINDS:
+        valid = unet.self_attention_blocks(kind)
+        chosen = settings.blocks(kind)
+        invalid = [b for b in chosen if b not in valid]
+        if invalid:
+            logger.warning(
+                f"MSW-MSA: {kind}_blocks {format_block_list(invalid)} have no self-attention on this model "
+                f"({unet.describe()}) and are ignored; valid {kind}_blocks: {format_block_list(valid) or 'none'}"
+            )
+        targets.extend((kind, b) for b in chosen if b in valid)
+    return targets
+
+
+def apply_msw_msa(model: Any, settings: MswMsaSettings) -> Any:
+    """A clone of ``model`` with MSW-MSA on the chosen blocks; ``model`` itself is untouched.
+
+    Applying it again to an already patched model replaces the earlier MSW-MSA settings.
+    """
+    unet = unet_map_of(model)
+    if not unet.supported:
+        raise ParameterError(f"MSW-MSA applies to SD1.x, SD2.x and SDXL UNets; this model cannot be patched: {unet.reason}")
+    time = sigma_range(settings.time_mode, settings.start_time, settings.end_time, percent_to_sigma(model))
+    targets = check_blocks(settings, unet)
+    patched = model.clone()
+    replaces = patched.model_options.setdefault("transformer_options", {}).setdefault("patches_replace", {}).get("attn1", {})
+    for key in [key for key, patch in replaces.items() if getattr(patch, "hidiffusion_effect", None) == EFFECT]:
+        del replaces[key]
+    usable = []
+    for kind, index in targets:
+        foreign = [key for key in replaces if tuple(key[:2]) == (kind, index)]
+        if foreign:
+            logger.warning(
+                f"MSW-MSA: {kind} block {index} already has an attention replacement from another node; "
+                "that node keeps the block and MSW-MSA leaves it alone"
+            )
+            continue
+        usable.append((kind, index))
+    patch = MswMsaAttention(usable, time, settings.shift_mode, settings.verbose)
+    for kind, index in usable:
+        patched.set_model_attn1_replace(patch, kind, index)
+    install_run_state(patched, EFFECT)
+    if settings.verbose or not usable:
+        logger.info(f"MSW-MSA: {patch!r}" if usable else "MSW-MSA: no block to window; the model is unchanged")
+    return patched

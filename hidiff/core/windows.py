@@ -1,0 +1,163 @@
+"""MSW-MSA: self-attention inside 2x2 shifted windows, exact at every map size.
+
+HiDiffusion splits the token grid of a high-resolution self-attention layer into a 2x2
+grid of windows of ceil(H/2) x ceil(W/2) tokens and attends only inside each window,
+cutting the attention cost about 4x. Before splitting, the grid is rolled cyclically by
+(window // 4) * k tokens, k in {0, 1, 2, 3}, so window borders move between steps.
+
+The official code resamples odd-sized maps to an even size and back, which blurs the
+features. Here an odd side simply gives two windows of different sizes (ceil and floor);
+windows of equal shape are batched together, so the result is exact at every size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+SHIFT_CHOICES = 4
+"""Number of shift positions, k in {0, 1, 2, 3}; the shift is (window // 4) * k."""
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""Attention over (batch, tokens, channels) q, k, v returning (batch, tokens, channels)."""
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """Where the 2x2 windows lie on an H x W token grid, and how far it is rolled.
+
+    Args:
+        height: rows of the token grid.
+        width: columns of the token grid.
+        shift_h: cyclic roll applied to the rows before splitting.
+        shift_w: cyclic roll applied to the columns before splitting.
+    """
+
+    height: int
+    width: int
+    shift_h: int = 0
+    shift_w: int = 0
+
+    @property
+    def window_h(self) -> int:
+        """Rows of the first window row: ceil(H / 2)."""
+        return -(-self.height // 2)
+
+    @property
+    def window_w(self) -> int:
+        """Columns of the first window column: ceil(W / 2)."""
+        return -(-self.width // 2)
+
+    def window_slices(self) -> list[tuple[slice, slice]]:
+        """Row and column slices of the four windows, in row-major window order."""
+        rows = (slice(0, self.window_h), slice(self.window_h, self.height))
+        cols = (slice(0, self.window_w), slice(self.window_w, self.width))
+        return [(r, c) for r in rows for c in cols if _length(r) and _length(c)]
+
+
+def _length(s: slice) -> int:
+    return s.stop - s.start
+
+
+def window_layout(height: int, width: int, shift_index: int = 0) -> WindowLayout:
+    """The layout for a grid with shift k = ``shift_index``: (window // 4) * k per side."""
+    if height < 1 or width < 1:
+        raise ValueError(f"token grid must be at least 1x1, got {height}x{width}")
+    if not 0 <= shift_index < SHIFT_CHOICES:
+        raise ValueError(f"shift_index must be in 0..{SHIFT_CHOICES - 1}, got {shift_index}")
+    base = WindowLayout(height, width)
+    return WindowLayout(
+        height,
+        width,
+        (base.window_h // 4) * shift_index,
+        (base.window_w // 4) * shift_index,
+    )
+
+
+def partition(x: torch.Tensor, layout: WindowLayout) -> list[tuple[list[int], torch.Tensor]]:
+    """Split (B, H*W, C) tokens into windows, batching windows of equal shape.
+
+    Returns a list of (window ids, tensor) groups; each tensor is
+    (len(window ids) * B, tokens per window, C) with the windows as the outer batch.
+    """
+    batch, tokens, channels = x.shape
+    if tokens != layout.height * layout.width:
+        raise ValueError(f"{tokens} tokens do not form a {layout.height}x{layout.width} grid")
+    grid = x.view(batch, layout.height, layout.width, channels)
+    if layout.shift_h or layout.shift_w:
+        grid = torch.roll(grid, shifts=(-layout.shift_h, -layout.shift_w), dims=(1, 2))
+    groups: dict[tuple[int, int], list[int]] = {}
+    slices = layout.window_slices()
+    for window_id, (rows, cols) in enumerate(slices):
+        groups.setdefault((_length(rows), _length(cols)), []).append(window_id)
+    result = []
+    for ids in groups.values():
+        parts = [grid[:, slices[i][0], slices[i][1]].reshape(batch, -1, channels) for i in ids]
+        result.append((ids, torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]))
+    return result
+
+
+def reverse(groups: list[tuple[list[int], torch.Tensor]], layout: WindowLayout) -> torch.Tensor:
+    """Inverse of :func:`partition`: put windows back and undo the roll, (B, H*W, C)."""
+    first = groups[0][1]
+    batch = first.shape[0] // len(groups[0][0])
+    channels = first.shape[-1]
+    grid = first.new_empty(batch, layout.height, layout.width, channels)
+    slices = layout.window_slices()
+    for ids, tensor in groups:
+        for n, window_id in enumerate(ids):
+            rows, cols = slices[window_id]
+            part = tensor[n * batch : (n + 1) * batch]
+            grid[:, rows, cols] = part.reshape(batch, _length(rows), _length(cols), channels)
+    if layout.shift_h or layout.shift_w:
+        grid = torch.roll(grid, shifts=(layout.shift_h, layout.shift_w), dims=(1, 2))
+    return grid.reshape(batch, layout.height * layout.width, channels)
+
+
+def windowed_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: WindowLayout,
+    attention: AttentionFn,
+) -> torch.Tensor:
+    """Self-attention restricted to the windows of ``layout``.
+
+    q, k and v are (B, H*W, C) projections of the same token grid. Each group of
+    equally shaped windows is one call of ``attention``, so an even grid costs a single
+    call over a 4x larger batch of 4x shorter sequences.
+    """
+    q_groups = partition(q, layout)
+    k_groups = partition(k, layout)
+    v_groups = partition(v, layout)
+    out = [
+        (ids, attention(qg, kg, vg))
+        for (ids, qg), (_, kg), (_, vg) in zip(q_groups, k_groups, v_groups, strict=True)
+    ]
+    return reverse(out, layout)
+
+
+def distinct_shift_sequence(generator: torch.Generator, length: int) -> list[int]:
+    """Random shift indices where no two consecutive entries are equal.
+
+    The first is uniform over all shifts, each later one uniform over the three shifts
+    that differ from its predecessor (the seed pack's change to the official i.i.d.
+    draw, so the windows always move between steps).
+    """
+    if length <= 0:
+        return []
+    draws = torch.randint(0, SHIFT_CHOICES, (length,), generator=generator).tolist()
+    shifts = [draws[0]]
+    for draw in draws[1:]:
+        step = 1 + draw % (SHIFT_CHOICES - 1)
+        shifts.append((shifts[-1] + step) % SHIFT_CHOICES)
+    return shifts
+
+
+def independent_shift_sequence(generator: torch.Generator, length: int) -> list[int]:
+    """Random shift indices drawn independently, as the official implementation does."""
+    if length <= 0:
+        return []
+    return torch.randint(0, SHIFT_CHOICES, (length,), generator=generator).tolist()

@@ -1,0 +1,51 @@
+"""Fixtures for the tier that runs inside real ComfyUI (see harness.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from harness import comfyui_available, comfyui_path, import_comfyui, load_pack
+
+if not comfyui_available():
+    pytest.skip(
+        f"ComfyUI NOT FOUND at {comfyui_path()}: the ComfyUI tests cannot run. "
+        "Fix: run scripts/setup.sh, or set COMFYUI_PATH to a ComfyUI 0.3.64 checkout.",
+        allow_module_level=True,
+    )
+
+import_comfyui()
+
+
+@pytest.fixture(scope="session")
+def pack() -> dict:
+    """ComfyUI's node registry after loading this pack with ComfyUI's loader."""
+    return load_pack()
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, level: int = logging.DEBUG) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+@pytest.fixture
+def logs():
+    """Everything logged (by any logger) during the test."""
+    handler = _Collect()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

@@ -1,0 +1,174 @@
+"""Real ComfyUI in the test process: locating it, loading the pack, tiny models, sampling.
+
+ComfyUI is found at ``$COMFYUI_PATH``, else ``~/comfy/ComfyUI``. The pack is loaded with
+ComfyUI's own custom-node loader and its nodes are taken from ComfyUI's node registry.
+Models are tiny random UNets built by ComfyUI's own model classes with the real SD1.5
+and SDXL block layouts, and sampling goes through ``comfy.sample``, so
+transformer_options, sample_sigmas, wrappers and CFG batching are all real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def comfyui_path() -> Path:
+    """Where the tests look for ComfyUI."""
+    return Path(os.environ.get("COMFYUI_PATH") or "~/comfy/ComfyUI").expanduser().resolve()
+
+
+def comfyui_available() -> bool:
+    root = comfyui_path()
+    return (root / "comfy" / "model_patcher.py").is_file() and (root / "nodes.py").is_file()
+
+
+def import_comfyui() -> None:
+    """Put ComfyUI on sys.path and import it in CPU mode (before model_management loads)."""
+    root = str(comfyui_path())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import comfy.cli_args
+    import comfy.options  # noqa: F401  (must come first: it owns args_parsing)
+
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401
+    import nodes  # noqa: F401
+
+
+_PACK: dict | None = None
+
+
+def load_pack() -> dict:
+    """Load this repo as a custom node pack with ComfyUI's loader; return the node registry."""
+    global _PACK
+    if _PACK is None:
+        import nodes
+
+        ok = asyncio.run(nodes.load_custom_node(str(REPO_ROOT), ignore=set(), module_parent="custom_nodes"))
+        if not ok:
+            raise RuntimeError("ComfyUI could not load the pack; see the log above")
+        _PACK = nodes.NODE_CLASS_MAPPINGS
+    return _PACK
+
+
+def pack_module(name: str):
+    """A submodule of the pack as ComfyUI loaded it, e.g. ``pack_module("hidiff.comfyui.msw_msa")``."""
+    load_pack()
+    prefix = str(REPO_ROOT).replace(".", "_x_")
+    return sys.modules[f"{prefix}.{name}"]
+
+
+SD15_CONFIG = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "model_channels": 32,
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,
+    "context_dim": 64,
+    "num_heads": 8,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
+SDXL_CONFIG = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "in_channels": 4,
+    "model_channels": 32,
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 1, 1],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": True,
+    "context_dim": 64,
+    "num_head_channels": 16,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 1, 1, 1],
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
+CONFIGS = {"sd15": SD15_CONFIG, "sdxl": SDXL_CONFIG}
+_MODELS: dict = {}
+
+
+def tiny_model(family: str, weight_seed: int = 1234):
+    """A ModelPatcher around a tiny random UNet of ``family`` ("sd15" or "sdxl").
+
+    Cached per family: tests must only ever sample clones (as nodes do); a test that
+    checks the model stays untouched compares state dicts.
+    """
+    key = (family, weight_seed)
+    if key not in _MODELS:
+        import comfy.model_management as mm
+        import comfy.model_patcher
+        import comfy.supported_models
+
+        config = dict(CONFIGS[family], dtype=torch.float32)
+        model_config = (comfy.supported_models.SD15 if family == "sd15" else comfy.supported_models.SDXL)(config)
+        model_config.set_inference_dtype(torch.float32, None)
+        model = model_config.get_model({})
+        generator = torch.Generator().manual_seed(weight_seed)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+        _MODELS[key] = comfy.model_patcher.ModelPatcher(
+            model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+        )
+    return _MODELS[key]
+
+
+def conditioning(family: str, seed: int = 7, tokens: int = 12) -> list:
+    """A ComfyUI CONDITIONING list with random text embeddings of the tiny model's width."""
+    generator = torch.Generator().manual_seed(seed)
+    context_dim = CONFIGS[family]["context_dim"]
+    extra = {}
+    if family == "sdxl":
+        extra = {"pooled_output": torch.randn(1, 1280, generator=generator)}
+    return [[torch.randn(1, tokens, context_dim, generator=generator), extra]]
+
+
+def sample(
+    model,
+    family: str,
+    height: int,
+    width: int,
+    *,
+    seed: int = 0,
+    steps: int = 3,
+    cfg: float = 5.0,
+    sampler: str = "euler",
+    scheduler: str = "normal",
+    batch: int = 1,
+    **kwargs,
+) -> torch.Tensor:
+    """Sample a latent of height x width with ``model`` through ``comfy.sample.sample``."""
+    import comfy.sample
+
+    latent = torch.zeros(batch, 4, height, width)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    positive = conditioning(family, seed=11)
+    negative = conditioning(family, seed=12)
+    return comfy.sample.sample(
+        model, noise, steps, cfg, sampler, scheduler, positive, negative, latent, seed=seed, disable_pbar=True, **kwargs
+    )

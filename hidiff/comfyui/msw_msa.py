@@ -134,10 +134,11 @@ class MswMsaAttention:
             _tell(state, f"MSW-MSA skipped on {name}: ComfyUI gave no feature-map shape for this call")
             return None
         height, width = int(shape[-2]), int(shape[-1])
-        if k.shape[1] != q.shape[1] or v.shape[1] != k.shape[1]:
+        grid = height * width
+        if q.shape[1] == grid and (k.shape[1] != grid or v.shape[1] != grid):
             _tell(state, f"MSW-MSA skipped on {name}: attn1 attends to another sequence here (cross-attention)")
             return None
-        if q.shape[1] != height * width or q.shape[0] != shape[0]:
+        if q.shape[1] != grid or k.shape[1] != grid or q.shape[0] != k.shape[0]:
             _tell(
                 state,
                 f"MSW-MSA skipped on {name}: {q.shape[1]} tokens do not match the {height}x{width} map "

@@ -172,3 +172,21 @@ def sample(
     return comfy.sample.sample(
         model, noise, steps, cfg, sampler, scheduler, positive, negative, latent, seed=seed, disable_pbar=True, **kwargs
     )
+
+
+SOCKET_TYPES = {"MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "CONTROL_NET", "MASK"}
+
+
+def widget_inputs(node_cls, widget_values: list) -> dict:
+    """Map a saved workflow's positional ``widgets_values`` onto input names, the way the
+    ComfyUI frontend does: widgets in the order of the node's declared inputs, sockets skipped."""
+    info = node_cls.GET_NODE_INFO_V1()
+    names = [
+        name
+        for section in ("required", "optional")
+        for name, spec in info["input"].get(section, {}).items()
+        if spec[0] not in SOCKET_TYPES
+    ]
+    if len(widget_values) > len(names):
+        raise AssertionError(f"{len(widget_values)} widget values for {len(names)} widgets: {names}")
+    return dict(zip(names, widget_values))

@@ -1,0 +1,99 @@
+"""MSW-MSA window math against a naive reference that loops over plain softmax attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reference import naive_windowed, plain_attention
+
+from hidiff.core.windows import (
+    SHIFT_CHOICES,
+    distinct_shift_sequence,
+    independent_shift_sequence,
+    partition,
+    reverse,
+    window_layout,
+    windowed_attention,
+)
+
+SIZES = [(8, 8), (7, 9), (37, 53), (5, 1), (1, 6), (1, 1), (2, 3), (16, 12)]
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES)
+@pytest.mark.parametrize("shift_index", range(SHIFT_CHOICES))
+def test_windowed_attention_equals_naive_reference(height, width, shift_index):
+    generator = torch.Generator().manual_seed(height * 100 + width + shift_index)
+    q, k, v = (torch.randn(2, height * width, 8, generator=generator) for _ in range(3))
+    layout = window_layout(height, width, shift_index)
+    result = windowed_attention(q, k, v, layout, plain_attention)
+    expected = naive_windowed(q, k, v, height, width, shift_index)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES)
+def test_partition_then_reverse_is_identity(height, width):
+    x = torch.randn(3, height * width, 4)
+    layout = window_layout(height, width, 3)
+    assert torch.equal(reverse(partition(x, layout), layout), x)
+
+
+def test_even_grid_is_one_batched_call():
+    calls = []
+
+    def counting(q, k, v):
+        calls.append(q.shape)
+        return plain_attention(q, k, v)
+
+    q = torch.randn(2, 64 * 32, 4)
+    windowed_attention(q, q, q, window_layout(64, 32, 1), counting)
+    assert calls == [torch.Size([8, 32 * 16, 4])]
+
+
+def test_odd_grid_uses_exact_uneven_windows():
+    calls = []
+
+    def counting(q, k, v):
+        calls.append(tuple(q.shape))
+        return plain_attention(q, k, v)
+
+    q = torch.randn(1, 37 * 53, 4)
+    windowed_attention(q, q, q, window_layout(37, 53, 0), counting)
+    assert sorted(calls) == sorted([(1, 19 * 27, 4), (1, 19 * 26, 4), (1, 18 * 27, 4), (1, 18 * 26, 4)])
+
+
+def test_layout_follows_method_formulas():
+    layout = window_layout(128, 96, 3)
+    assert (layout.window_h, layout.window_w) == (64, 48)
+    assert (layout.shift_h, layout.shift_w) == (48, 36)
+    odd = window_layout(125, 187, 1)
+    assert (odd.window_h, odd.window_w, odd.shift_h, odd.shift_w) == (63, 94, 15, 23)
+
+
+@pytest.mark.parametrize("bad", [(0, 4, 0), (4, 4, 4), (4, 4, -1)])
+def test_layout_rejects_bad_arguments(bad):
+    with pytest.raises(ValueError):
+        window_layout(*bad)
+
+
+def test_partition_rejects_tokens_that_are_not_the_grid():
+    with pytest.raises(ValueError, match="do not form"):
+        partition(torch.randn(1, 10, 2), window_layout(3, 4))
+
+
+def test_distinct_shifts_never_repeat_and_cover_all_values():
+    sequence = distinct_shift_sequence(torch.Generator().manual_seed(5), 400)
+    assert all(a != b for a, b in zip(sequence, sequence[1:]))
+    assert set(sequence) == set(range(SHIFT_CHOICES))
+
+
+def test_shift_sequences_depend_on_the_generator_only():
+    a = distinct_shift_sequence(torch.Generator().manual_seed(1), 50)
+    b = distinct_shift_sequence(torch.Generator().manual_seed(1), 50)
+    c = distinct_shift_sequence(torch.Generator().manual_seed(2), 50)
+    assert a == b
+    assert a != c
+    before = torch.get_rng_state()
+    independent_shift_sequence(torch.Generator().manual_seed(1), 50)
+    assert torch.equal(before, torch.get_rng_state())
+    assert distinct_shift_sequence(torch.Generator(), 0) == []

@@ -1,0 +1,38 @@
+"""Independent reference implementations used by both test tiers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int = 1) -> torch.Tensor:
+    """Softmax attention over (B, N, heads * d) tensors, one head at a time."""
+    batch, tokens, width = q.shape
+    dim = width // heads
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape[0], t.shape[1], heads, dim).transpose(1, 2)
+
+    weights = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(dim), dim=-1)
+    return (weights @ split(v)).transpose(1, 2).reshape(batch, tokens, width)
+
+
+def naive_windowed(q, k, v, height: int, width: int, shift_index: int, heads: int = 1) -> torch.Tensor:
+    """MSW-MSA written from the method text, independent of the implementation: roll the
+    grid by -(window // 4) * k, cut it into 2x2 windows of ceil(H/2) x ceil(W/2), and let
+    each token attend to exactly the tokens of its own window."""
+    win_h, win_w = math.ceil(height / 2), math.ceil(width / 2)
+    shift_h, shift_w = (win_h // 4) * shift_index, (win_w // 4) * shift_index
+    out = torch.empty_like(q)
+    window_of: dict[tuple[bool, bool], list[int]] = {}
+    for r in range(height):
+        for c in range(width):
+            # after torch.roll(grid, -shift), position (r, c) sits at ((r - s) mod H, ...)
+            rr, cc = (r - shift_h) % height, (c - shift_w) % width
+            window_of.setdefault((rr >= win_h, cc >= win_w), []).append(r * width + c)
+    for members in window_of.values():
+        idx = torch.tensor(members)
+        out[:, idx] = plain_attention(q[:, idx], k[:, idx], v[:, idx], heads)
+    return out

@@ -191,11 +191,15 @@ def apply_msw_msa(model: Any, settings: MswMsaSettings) -> Any:
     """
     unet = unet_map_of(model)
     if not unet.supported:
-        raise ParameterError(f"MSW-MSA applies to SD1.x, SD2.x and SDXL UNets; this model cannot be patched: {unet.reason}")
+        raise ParameterError(
+            f"MSW-MSA applies to SD1.x, SD2.x and SDXL UNets; this model cannot be patched: {unet.reason}"
+        )
     time = sigma_range(settings.time_mode, settings.start_time, settings.end_time, percent_to_sigma(model))
     targets = check_blocks(settings, unet)
     patched = model.clone()
-    replaces = patched.model_options.setdefault("transformer_options", {}).setdefault("patches_replace", {}).get("attn1", {})
+    replaces = (
+        patched.model_options.setdefault("transformer_options", {}).setdefault("patches_replace", {}).get("attn1", {})
+    )
     for key in [key for key, patch in replaces.items() if getattr(patch, "hidiffusion_effect", None) == EFFECT]:
         del replaces[key]
     usable = []

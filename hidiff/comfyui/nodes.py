@@ -156,7 +156,9 @@ def resolve_family(node: str, model_type: str, model: Any) -> Family:
     try:
         chosen = Family(model_type)
     except ValueError:
-        raise ParameterError(f"{node}: model_type = {model_type!r} is not valid; use one of {', '.join(MODEL_TYPES)}") from None
+        raise ParameterError(
+            f"{node}: model_type = {model_type!r} is not valid; use one of {', '.join(MODEL_TYPES)}"
+        ) from None
     if chosen is not unet.family:
         raise ParameterError(
             f"{node}: model_type = {model_type} does not fit this model, which is {unet.describe()}; "

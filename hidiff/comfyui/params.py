@@ -12,7 +12,9 @@ class ParameterError(ValueError):
     """A node input that cannot be used; the message names the input and valid values."""
 
 
-def parse_yaml_parameters(text: str | None, valid_keys: Mapping[str, str], input_name: str = "yaml_parameters") -> dict[str, Any]:
+def parse_yaml_parameters(
+    text: str | None, valid_keys: Mapping[str, str], input_name: str = "yaml_parameters"
+) -> dict[str, Any]:
     """Parse a YAML mapping of overrides and advanced keys.
 
     ``valid_keys`` maps each accepted key to a one-line description, used in the error

@@ -84,7 +84,9 @@ class RunState:
 def outer_sample_wrapper(effect: str) -> Callable[..., Any]:
     """An ``OUTER_SAMPLE`` wrapper that gives each sampling run a fresh :class:`RunState`."""
 
-    def wrapper(executor: Any, noise: Any, latent_image: Any, sampler: Any, sigmas: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(
+        executor: Any, noise: Any, latent_image: Any, sampler: Any, sigmas: Any, *args: Any, **kwargs: Any
+    ) -> Any:
         seed = kwargs.get("seed", args[-1] if len(args) >= 4 else None)
         options = executor.class_obj.model_options.setdefault("transformer_options", {})
         options[effect] = RunState(effect, seed, sigmas)

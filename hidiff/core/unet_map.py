@@ -85,7 +85,9 @@ class UNetMap:
         return {
             b.index: n - 1 - b.index
             for b in self.input_blocks
-            if b.downsample and 0 <= n - 1 - b.index < len(self.output_blocks) and self.output_blocks[n - 1 - b.index].upsample
+            if b.downsample
+            and 0 <= n - 1 - b.index < len(self.output_blocks)
+            and self.output_blocks[n - 1 - b.index].upsample
         }
 
     def pool_pairs(self) -> dict[int, int]:
@@ -144,7 +146,9 @@ def inspect_unet(diffusion_model: nn.Module) -> UNetMap:
     inputs = getattr(diffusion_model, "input_blocks", None)
     outputs = getattr(diffusion_model, "output_blocks", None)
     if not isinstance(inputs, nn.ModuleList) or not isinstance(outputs, nn.ModuleList):
-        return UNetMap((), (), (), 0, False, f"{cls_name} is not a UNet with input/output blocks (a DiT or other design)")
+        return UNetMap(
+            (), (), (), 0, False, f"{cls_name} is not a UNet with input/output blocks (a DiT or other design)"
+        )
     if any(_class_names(m) & _VIDEO_LAYERS for m in diffusion_model.modules()):
         return UNetMap((), (), (), 0, False, f"{cls_name} is a video UNet (temporal layers)")
 
@@ -166,9 +170,7 @@ def inspect_unet(diffusion_model: nn.Module) -> UNetMap:
             info = BlockInfo("output", i, level, info.attention_depth, info.self_attention, False, True)
         output_infos.append(info)
     unet = UNetMap(tuple(input_infos), middle_infos, tuple(output_infos), deepest + 1)
-    return UNetMap(
-        unet.input_blocks, unet.middle_blocks, unet.output_blocks, unet.levels, True, "", _family(unet)
-    )
+    return UNetMap(unet.input_blocks, unet.middle_blocks, unet.output_blocks, unet.levels, True, "", _family(unet))
 
 
 def _family(unet: UNetMap) -> Family | None:

@@ -133,8 +133,7 @@ def windowed_attention(
     k_groups = partition(k, layout)
     v_groups = partition(v, layout)
     out = [
-        (ids, attention(qg, kg, vg))
-        for (ids, qg), (_, kg), (_, vg) in zip(q_groups, k_groups, v_groups, strict=True)
+        (ids, attention(qg, kg, vg)) for (ids, qg), (_, kg), (_, vg) in zip(q_groups, k_groups, v_groups, strict=True)
     ]
     return reverse(out, layout)
 

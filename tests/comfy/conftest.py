@@ -5,17 +5,13 @@ from __future__ import annotations
 import logging
 
 import pytest
+from harness import comfyui_available, import_comfyui, load_pack
 
-from harness import comfyui_available, comfyui_path, import_comfyui, load_pack
-
-if not comfyui_available():
-    pytest.skip(
-        f"ComfyUI NOT FOUND at {comfyui_path()}: the ComfyUI tests cannot run. "
-        "Fix: run scripts/setup.sh, or set COMFYUI_PATH to a ComfyUI 0.3.64 checkout.",
-        allow_module_level=True,
-    )
-
-import_comfyui()
+if comfyui_available():
+    import_comfyui()
+else:
+    # Reported loudly by tests/conftest.py; with HIDIFF_REQUIRE_COMFYUI=1 the run fails.
+    collect_ignore_glob = ["test_*.py"]
 
 
 @pytest.fixture(scope="session")

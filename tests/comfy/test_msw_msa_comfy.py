@@ -109,7 +109,12 @@ def test_seed_example_workflow_files_use_these_widgets(pack):
         for node in json.loads(path.read_text())["nodes"]:
             if node["type"] == "ApplyMSWMSAAttention":
                 found += 1
-                assert pack["ApplyMSWMSAAttention"].validate_inputs(**widget_inputs(pack["ApplyMSWMSAAttention"], node["widgets_values"])) is True
+                assert (
+                    pack["ApplyMSWMSAAttention"].validate_inputs(
+                        **widget_inputs(pack["ApplyMSWMSAAttention"], node["widgets_values"])
+                    )
+                    is True
+                )
     assert found == 2
 
 
@@ -211,7 +216,9 @@ def test_same_image_in_another_process(pack):
     here = sample(apply_msw(pack, tiny_model("sd15")), "sd15", 24, 32, seed=5, steps=3)
     script = CROSS_PROCESS_SCRIPT.format(comfy_tests=str(Path(__file__).parent), tests=str(REPO_ROOT / "tests"))
     env = dict(os.environ, PYTHONHASHSEED="12345")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, check=True
+    )
     digest = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("DIGEST"))
     assert digest == hashlib.sha256(here.numpy().tobytes()).hexdigest()
 
@@ -239,7 +246,9 @@ def test_percent_is_sampling_percent_of_the_model(pack):
 def test_sigma_bounds_are_inclusive(pack):
     model = tiny_model("sd15")
     sigmas = schedule(model, 4)
-    patched, records = record_layouts(apply_msw(pack, model, time_mode="sigma", start_time=sigmas[1], end_time=sigmas[2]))
+    patched, records = record_layouts(
+        apply_msw(pack, model, time_mode="sigma", start_time=sigmas[1], end_time=sigmas[2])
+    )
     sample(patched, "sd15", 16, 16, steps=4)
     assert active_steps(records, sigmas) == [1, 2]
 
@@ -272,7 +281,10 @@ BAD_INPUTS = [
     ({"yaml_parameters": "- 1\n- 2"}, "yaml_parameters must be a YAML mapping"),
     ({"yaml_parameters": "start_time: [0"}, "yaml_parameters is not valid YAML"),
     ({"yaml_parameters": "window_size: 4"}, "unknown key(s) window_size. Valid keys:"),
-    ({"yaml_parameters": "shift_mode: sometimes"}, "shift_mode = 'sometimes' is not valid; use one of distinct, independent, none"),
+    (
+        {"yaml_parameters": "shift_mode: sometimes"},
+        "shift_mode = 'sometimes' is not valid; use one of distinct, independent, none",
+    ),
     ({"yaml_parameters": "input_blocks: [1, a]"}, "input_blocks = [1, 'a'] contains 'a'"),
 ]
 
@@ -424,7 +436,9 @@ def tiny_flux():
     model_config = comfy.supported_models.Flux(config)
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def test_a_dit_is_refused_with_a_clear_message(pack):
@@ -441,7 +455,9 @@ def test_a_dit_is_refused_with_a_clear_message(pack):
 
 def test_applying_twice_keeps_only_the_later_settings(pack):
     model = tiny_model("sd15")
-    twice = apply_msw(pack, apply_msw(pack, model, {"output_blocks": "3,4"}), {"input_blocks": "4", "output_blocks": ""})
+    twice = apply_msw(
+        pack, apply_msw(pack, model, {"output_blocks": "3,4"}), {"input_blocks": "4", "output_blocks": ""}
+    )
     once = apply_msw(pack, model, {"input_blocks": "4", "output_blocks": ""})
     assert sorted(replaces_of(twice)) == [("input", 4)]
     assert torch.equal(sample(twice, "sd15", 16, 16), sample(once, "sd15", 16, 16))

@@ -83,7 +83,15 @@ def test_step_index_places_calls_on_steps():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("1,2", (1, 2)), (" 9, 10 ,11 ", (9, 10, 11)), ("", ()), ("  ", ()), ([4, 5], (4, 5)), (3, (3,)), ("2,2,1", (2, 1))],
+    [
+        ("1,2", (1, 2)),
+        (" 9, 10 ,11 ", (9, 10, 11)),
+        ("", ()),
+        ("  ", ()),
+        ([4, 5], (4, 5)),
+        (3, (3,)),
+        ("2,2,1", (2, 1)),
+    ],
 )
 def test_block_lists_parse(value, expected):
     assert parse_block_list("input_blocks", value) == expected
@@ -91,7 +99,15 @@ def test_block_lists_parse(value, expected):
 
 @pytest.mark.parametrize(
     ("value", "fragment"),
-    [("1,x", "'x'"), ("1,,2", "an empty item"), ("-1", "'-1'"), ("1.5", "'1.5'"), ([1, -2], "-2"), (True, "True"), ({"a": 1}, "expected")],
+    [
+        ("1,x", "'x'"),
+        ("1,,2", "an empty item"),
+        ("-1", "'-1'"),
+        ("1.5", "'1.5'"),
+        ([1, -2], "-2"),
+        (True, "True"),
+        ({"a": 1}, "expected"),
+    ],
 )
 def test_bad_block_lists_name_the_input(value, fragment):
     with pytest.raises(BlockListError) as info:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from reference import naive_windowed, plain_attention
 
 from hidiff.core.windows import (

@@ -12,6 +12,7 @@ windows of equal shape are batched together, so the result is exact at every siz
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,44 +77,61 @@ def window_layout(height: int, width: int, shift_index: int = 0) -> WindowLayout
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _token_order(layout: WindowLayout) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """Token indices in window order (window by window, row-major inside each), their
+    inverse permutation, and the token count of each window.
+
+    Partitioning becomes one gather and reversing another, whatever the shift and sizes.
+    """
+    grid = torch.arange(layout.height * layout.width).view(layout.height, layout.width)
+    if layout.shift_h or layout.shift_w:
+        grid = torch.roll(grid, shifts=(-layout.shift_h, -layout.shift_w), dims=(0, 1))
+    parts = [grid[rows, cols].reshape(-1) for rows, cols in layout.window_slices()]
+    order = torch.cat(parts)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel())
+    return order, inverse, tuple(p.numel() for p in parts)
+
+
 def partition(x: torch.Tensor, layout: WindowLayout) -> list[tuple[list[int], torch.Tensor]]:
     """Split (B, H*W, C) tokens into windows, batching windows of equal shape.
 
     Returns a list of (window ids, tensor) groups; each tensor is
-    (len(window ids) * B, tokens per window, C) with the windows as the outer batch.
+    (B * len(window ids), tokens per window, C), batch-major. On an even grid this is a
+    single group made by one gather and a free view.
     """
     batch, tokens, channels = x.shape
     if tokens != layout.height * layout.width:
         raise ValueError(f"{tokens} tokens do not form a {layout.height}x{layout.width} grid")
-    grid = x.view(batch, layout.height, layout.width, channels)
-    if layout.shift_h or layout.shift_w:
-        grid = torch.roll(grid, shifts=(-layout.shift_h, -layout.shift_w), dims=(1, 2))
+    order, _, sizes = _token_order(layout)
+    windowed = x[:, order.to(x.device)]
+    if len(set(sizes)) == 1:
+        return [(list(range(len(sizes))), windowed.view(batch * len(sizes), sizes[0], channels))]
+    chunks = torch.split(windowed, sizes, dim=1)
     groups: dict[tuple[int, int], list[int]] = {}
-    slices = layout.window_slices()
-    for window_id, (rows, cols) in enumerate(slices):
+    for window_id, (rows, cols) in enumerate(layout.window_slices()):
         groups.setdefault((_length(rows), _length(cols)), []).append(window_id)
-    result = []
-    for ids in groups.values():
-        parts = [grid[:, slices[i][0], slices[i][1]].reshape(batch, -1, channels) for i in ids]
-        result.append((ids, torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]))
-    return result
+    return [
+        (ids, torch.stack([chunks[i] for i in ids], dim=1).view(batch * len(ids), sizes[ids[0]], channels))
+        for ids in groups.values()
+    ]
 
 
 def reverse(groups: list[tuple[list[int], torch.Tensor]], layout: WindowLayout) -> torch.Tensor:
     """Inverse of :func:`partition`: put windows back and undo the roll, (B, H*W, C)."""
-    first = groups[0][1]
-    batch = first.shape[0] // len(groups[0][0])
-    channels = first.shape[-1]
-    grid = first.new_empty(batch, layout.height, layout.width, channels)
-    slices = layout.window_slices()
-    for ids, tensor in groups:
-        for n, window_id in enumerate(ids):
-            rows, cols = slices[window_id]
-            part = tensor[n * batch : (n + 1) * batch]
-            grid[:, rows, cols] = part.reshape(batch, _length(rows), _length(cols), channels)
-    if layout.shift_h or layout.shift_w:
-        grid = torch.roll(grid, shifts=(layout.shift_h, layout.shift_w), dims=(1, 2))
-    return grid.reshape(batch, layout.height * layout.width, channels)
+    _, inverse, sizes = _token_order(layout)
+    first_ids, first = groups[0]
+    batch, channels = first.shape[0] // len(first_ids), first.shape[-1]
+    if len(groups) == 1:
+        windowed = first.reshape(batch, -1, channels)
+    else:
+        chunks: dict[int, torch.Tensor] = {}
+        for ids, tensor in groups:
+            per_window = tensor.view(batch, len(ids), -1, channels)
+            chunks.update({window_id: per_window[:, n] for n, window_id in enumerate(ids)})
+        windowed = torch.cat([chunks[i] for i in range(len(sizes))], dim=1)
+    return windowed[:, inverse.to(windowed.device)]
 
 
 def windowed_attention(

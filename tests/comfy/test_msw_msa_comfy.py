@@ -467,3 +467,11 @@ def test_module_loaded_by_comfyui_is_the_one_used(pack):
     msw = pack_module("hidiff.comfyui.msw_msa")
     patched = apply_msw(pack, tiny_model("sd15"))
     assert all(isinstance(p, msw.MswMsaAttention) for p in replaces_of(patched).values())
+
+
+def test_simple_node_seed_widget_values(pack):
+    node = pack["ApplyMSWMSAAttentionSimple"]
+    inputs = widget_inputs(node, ["auto"])
+    assert inputs == {"model_type": "auto"}
+    patched = node.execute(model=tiny_model("sd15"), **inputs).result[0]
+    assert torch.isfinite(sample(patched, "sd15", 16, 16, steps=2)).all()

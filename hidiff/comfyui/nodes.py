@@ -212,7 +212,9 @@ class HiDiffusionExtension(ComfyExtension):
     """Registers the pack's nodes with ComfyUI."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ApplyMSWMSAAttention, ApplyMSWMSAAttentionSimple]
+        from .raunet_nodes import RAUNET_NODES
+
+        return [ApplyMSWMSAAttention, ApplyMSWMSAAttentionSimple, *RAUNET_NODES]
 
 
 async def comfy_entrypoint() -> HiDiffusionExtension:

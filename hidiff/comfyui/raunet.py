@@ -238,7 +238,8 @@ def _check_pooling(settings: RauNetSettings) -> None:
 # --- checks against the model ----------------------------------------------------------
 
 
-def _pairs_text(pairs: dict[int, int]) -> str:
+def pairs_text(pairs: dict[int, int]) -> str:
+    """Pairs as the messages and the README write them: ``3->8, 6->5``."""
     return ", ".join(f"{i}->{o}" for i, o in pairs.items()) or "none"
 
 
@@ -252,7 +253,7 @@ def check_pairs(
 ) -> dict[int, int]:
     """{input: output} for the chosen blocks, if they form pairs of ``valid``; else an error listing them."""
     in_name, out_name = names
-    hint = f"valid input->output pairs for this {unet.describe()}: {_pairs_text(valid)}"
+    hint = f"valid input->output pairs for this {unet.describe()}: {pairs_text(valid)}"
     for index in inputs:
         if index not in valid:
             raise ParameterError(f"{in_name}: input block {index} {why}; {hint}")
@@ -672,4 +673,4 @@ def _log_result(settings: RauNetSettings, rad: dict[int, int], ca: dict[int, int
     if not rad and not ca:
         logger.info("RAU-Net: every part is switched off (no blocks, or starts at the end of sampling)")
     elif settings.verbose:
-        logger.info(f"RAU-Net: RAD/RAU pairs {_pairs_text(rad)}, CA pairs {_pairs_text(ca)}; {settings}")
+        logger.info(f"RAU-Net: RAD/RAU pairs {pairs_text(rad)}, CA pairs {pairs_text(ca)}; {settings}")

@@ -654,3 +654,46 @@ def test_verbose_reports_each_resize_once_per_run(nodes, logs):
     assert "[HiDiffusion] RAU-Net input block 3: RAD 11x15 -> 3x4" in messages
     assert "[HiDiffusion] RAU-Net output block 11: CA bicubic 11x15 -> 21x29" in messages
     assert len(messages) == len(set(messages))
+
+
+def test_with_msw_msa_at_odd_size(nodes, pack):
+    """RAU-Net + MSW-MSA (the usual pairing): the windows follow the shrunk maps exactly."""
+    model = tiny_model("sdxl")
+    patched = apply(nodes, model, input_blocks="3", output_blocks="5", ca_input_blocks="4", ca_output_blocks="5")
+    both = (
+        pack["ApplyMSWMSAAttention"]
+        .execute(
+            model=patched,
+            input_blocks="4,5",
+            middle_blocks="",
+            output_blocks="3,4,5",
+            time_mode="percent",
+            start_time=0.0,
+            end_time=1.0,
+        )
+        .result[0]
+    )
+    result = sample(both, "sdxl", 45, 29, steps=2)
+    assert torch.isfinite(result).all() and not torch.equal(result, sample(patched, "sdxl", 45, 29, steps=2))
+
+
+def documented_pairs() -> dict[str, dict[str, str]]:
+    """The pair lists in docs/raunet.md's table, by model and column."""
+    text = (REPO_ROOT / "docs" / "raunet.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0] in ("SD1.x / SD2.x", "SDXL"):
+            rows[cells[0]] = {"rad": cells[1], "ca": cells[2], "after_skip": cells[3]}
+    return rows
+
+
+def test_the_documented_pairs_come_from_the_structure(rn):
+    docs = documented_pairs()
+    for family, row in (("sd15", "SD1.x / SD2.x"), ("sdxl", "SDXL")):
+        unet = rn.unet_map_of(tiny_model(family))
+        assert docs[row] == {
+            "rad": rn.pairs_text(unet.downsample_pairs()),
+            "ca": rn.pairs_text(unet.pool_pairs()),
+            "after_skip": rn.pairs_text(rn.after_skip_pairs(unet)),
+        }

@@ -255,6 +255,8 @@ def check_pairs(
     in_name, out_name = names
     hint = f"valid input->output pairs for this {unet.describe()}: {pairs_text(valid)}"
     for index in inputs:
+        if index >= len(unet.input_blocks):
+            raise ParameterError(f"{in_name}: input block {index} does not exist on this model; {hint}")
         if index not in valid:
             raise ParameterError(f"{in_name}: input block {index} {why}; {hint}")
         if valid[index] not in outputs:
@@ -288,10 +290,10 @@ def rad_pairs(settings: RauNetSettings, unet: UNetMap) -> dict[int, int]:
 def ca_pairs(settings: RauNetSettings, unet: UNetMap) -> dict[int, int]:
     """The CA shrink -> restore pairs, checked against the model (after-skip pairs differ)."""
     if settings.ca_input_after_skip_mode:
-        valid, why = after_skip_pairs(unet), "does not exist on this model"
+        valid, why = after_skip_pairs(unet), "has no output block that pops its skip"
     else:
         valid = unet.pool_pairs()
-        why = "cannot be shrunk before its skip here (it is a Downsample, or conv_in, or does not exist)"
+        why = "cannot be shrunk before its skip (it ends in a Downsample, or it is conv_in)"
     return check_pairs(
         settings.ca_input_blocks, settings.ca_output_blocks, valid, ("ca_input_blocks", "ca_output_blocks"), unet, why
     )
@@ -634,39 +636,61 @@ def apply_raunet(model: Any, settings: RauNetSettings) -> Any:
         raise ParameterError(
             f"RAU-Net applies to SD1.x, SD2.x and SDXL UNets; this model cannot be patched: {unet.reason}"
         )
-    rad, ca = rad_pairs(settings, unet), ca_pairs(settings, unet)
     to_sigma = percent_to_sigma(model)
     mode = settings.time_mode
     rad_time = sigma_range(mode, settings.start_time, settings.end_time, to_sigma)
     ca_time = sigma_range(
         mode, settings.ca_start_time, settings.ca_end_time, to_sigma, ("ca_start_time", "ca_end_time")
     )
-    rad_on, ca_on = bool(rad) and not rad_time.disabled, bool(ca) and not ca_time.disabled
+    rad = _pairs_if_used("RAD/RAU", rad_pairs, settings, unet, rad_time)
+    ca = _pairs_if_used("CA", ca_pairs, settings, unet, ca_time)
 
     patched = model.clone()
     remove_own_patches(patched)
     patches = patched.model_options["transformer_options"]["patches"]
     check_deep_shrink(patches, {"RAD": (rad, rad_time), "CA": (ca, ca_time)})
-    if rad_on:
+    if rad:
         _warn_foreign_downsample_handler(patches.get(_FTE_PATCH, []))
-        patched.set_model_forward_timestep_embed_patch(
-            (Downsample, ResolutionAwareDownsample(rad, rad_time, settings.verbose))
-        )
-        if settings.upscale_mode != "nearest" or settings.two_stage_upscale_mode != "disabled":
-            for block in rad.values():
-                _patch_upsample(patched, block, settings)
-    if ca_on:
-        factors = (settings.ca_downscale_factor, settings.factor_w)
-        fadeout = _fadeout(settings, to_sigma)
-        down = CaDownscale(ca, ca_time, factors, settings.ca_downscale_mode, fadeout, settings.verbose)
-        if settings.ca_input_after_skip_mode:
-            patched.set_model_input_block_patch_after_skip(down)
-        else:
-            patched.set_model_input_block_patch(down)
-        patched.set_model_output_block_patch(CaRestore(ca.values(), settings.ca_upscale_mode, settings.verbose))
+        _install_rad(patched, rad, rad_time, settings)
+    if ca:
+        _install_ca(patched, ca, ca_time, settings, to_sigma)
     install_run_state(patched, EFFECT)
-    _log_result(settings, rad if rad_on else {}, ca if ca_on else {})
+    _log_result(settings, rad, ca)
     return patched
+
+
+def _pairs_if_used(part: str, check: Any, settings: RauNetSettings, unet: UNetMap, time: SigmaRange) -> dict[int, int]:
+    """The checked pairs of a part, or {} when it is switched off.
+
+    A wrong pair is an error, except in a part switched off by its start time: an old
+    workflow that disabled a part that way still runs, with a warning.
+    """
+    try:
+        pairs = check(settings, unet)
+    except ParameterError as error:
+        if not time.disabled:
+            raise
+        logger.warning(f"RAU-Net: {error} ({part} is switched off by its start time, so nothing is patched there)")
+        return {}
+    return {} if time.disabled else pairs
+
+
+def _install_rad(patched: Any, rad: dict[int, int], time: SigmaRange, settings: RauNetSettings) -> None:
+    handler = ResolutionAwareDownsample(rad, time, settings.verbose)
+    patched.set_model_forward_timestep_embed_patch((Downsample, handler))
+    if settings.upscale_mode != "nearest" or settings.two_stage_upscale_mode != "disabled":
+        for block in rad.values():
+            _patch_upsample(patched, block, settings)
+
+
+def _install_ca(patched: Any, ca: dict[int, int], time: SigmaRange, settings: RauNetSettings, to_sigma: Any) -> None:
+    factors = (settings.ca_downscale_factor, settings.factor_w)
+    down = CaDownscale(ca, time, factors, settings.ca_downscale_mode, _fadeout(settings, to_sigma), settings.verbose)
+    if settings.ca_input_after_skip_mode:
+        patched.set_model_input_block_patch_after_skip(down)
+    else:
+        patched.set_model_input_block_patch(down)
+    patched.set_model_output_block_patch(CaRestore(ca.values(), settings.ca_upscale_mode, settings.verbose))
 
 
 def _log_result(settings: RauNetSettings, rad: dict[int, int], ca: dict[int, int]) -> None:

@@ -497,7 +497,7 @@ def test_yaml_lists_every_valid_key(rn):
             {"input_blocks": "3", "output_blocks": "8"},
             ["valid input->output pairs for this SDXL-like UNet", "3->5, 6->2"],
         ),
-        ("sdxl", {"input_blocks": "9", "output_blocks": "5"}, ["input block 9"]),
+        ("sdxl", {"input_blocks": "9", "output_blocks": "5"}, ["input block 9 does not exist on this model"]),
     ],
 )
 def test_wrong_pairs_are_refused_with_the_valid_pairs(nodes, family, overrides, fragments):
@@ -505,6 +505,15 @@ def test_wrong_pairs_are_refused_with_the_valid_pairs(nodes, family, overrides, 
         apply(nodes, tiny_model(family), **overrides)
     for fragment in fragments:
         assert fragment in str(error.value)
+
+
+def test_a_wrong_pair_in_a_switched_off_part_only_warns(nodes, logs):
+    patched = apply(
+        nodes, tiny_model("sdxl"), **{**OFF, "ca_input_blocks": "3", "ca_output_blocks": "6"}, ca_start_time=1.0
+    )
+    assert not ours(patched, "input_block_patch") and len(ours(patched, "forward_timestep_embed_patch")) == 0
+    warning = [m for m in logs.messages(logging.WARNING) if "ca_input_blocks: input block 3" in m]
+    assert warning and "CA is switched off by its start time" in warning[0] and "4->5" in warning[0]
 
 
 def test_a_dit_is_refused(rn):

@@ -8,12 +8,13 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..core.presets import RAUNET_PRESETS, RAUNET_RES_MODES
+from ..core.presets import RAUNET_PRESETS, RAUNET_RES_MODES, RauNetPreset
 from ..core.raunet import CA_DOWNSCALE_METHODS, TWO_STAGE_MODES, UPSCALE_METHODS
 from ..core.schedule import TIME_MODES
 from ..log import logger
 from . import nodes as base  # a module import: nodes.py may import this module while it loads
 from . import raunet
+from .params import require_choice
 
 DEFAULT_MODE = "default"
 _MODEL_TOOLTIP = "Model to patch; the input model itself is never changed."
@@ -225,7 +226,7 @@ class ApplyRAUNetSimple(io.ComfyNode):
         cls, model: Any, model_type: str, res_mode: str, upscale_mode: str, ca_upscale_mode: str
     ) -> io.NodeOutput:
         family = base.resolve_family("ApplyRAUNetSimple", model_type, model)
-        res = res_mode.split(" ", 1)[0]
+        res = require_choice("res_mode", res_mode, RAUNET_RES_MODES).split(" ", 1)[0]
         preset = RAUNET_PRESETS[(family, res)]
         if upscale_mode != DEFAULT_MODE:
             preset = preset.edited(upscale_mode=upscale_mode)
@@ -235,7 +236,7 @@ class ApplyRAUNetSimple(io.ComfyNode):
         return io.NodeOutput(raunet.apply_raunet(model, preset_settings(preset)))
 
 
-def preset_settings(preset: Any) -> raunet.RauNetSettings:
+def preset_settings(preset: RauNetPreset) -> raunet.RauNetSettings:
     """The checked settings of a Simple preset (percent times)."""
     return raunet.build_settings(
         input_blocks=preset.input_blocks,

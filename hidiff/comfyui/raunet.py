@@ -20,7 +20,7 @@ objects are immutable and survive ``ModelPatcher.clone``'s deep copy as themselv
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ from ..core.raunet import (
 from ..core.schedule import MAX_TIMESTEP, TIME_MODES, SigmaRange, TimeMode, current_sigma, sigma_range
 from ..core.unet_map import UNetMap
 from ..log import logger
+from .controlnet import DEFAULT_RESIZE_MODE, install_control_bridge, remove_control_bridge
 from .model_info import percent_to_sigma, unet_map_of
 from .params import ParameterError, parse_yaml_parameters, require_bool, require_choice, require_number
 from .run_state import RunState, install_run_state, run_state
@@ -53,6 +54,10 @@ from .run_state import RunState, install_run_state, run_state
 EFFECT = "hidiffusion_raunet"
 DEEP_SHRINK = "PatchModelAddDownscale.execute"
 """``__qualname__`` prefix of core Deep Shrink's patch functions."""
+SAG = "SelfAttentionGuidance.execute"
+"""``__qualname__`` prefix of core Self-Attention Guidance's attention patch."""
+FREEU_V2 = "FreeU_V2.patch"
+"""``__qualname__`` prefix of core FreeU V2's output block patch."""
 
 _BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "output_block_patch")
 _FTE_PATCH = "forward_timestep_embed_patch"
@@ -76,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "ca_input_after_skip_mode": False,
     "ca_fadeout_start_time": None,
     "ca_fadeout_cap": 0.0,
+    "controlnet_resize_mode": DEFAULT_RESIZE_MODE,
     "verbose": False,
 }
 """The ApplyRAUNet node's defaults (the seed's for SD1.x, with the official avg_pool2d)."""
@@ -99,6 +105,7 @@ YAML_KEYS = {
     "ca_input_after_skip_mode": "true: shrink after the skip is stored (Deep Shrink style; pairs k -> n-1-k)",
     "ca_fadeout_start_time": "time (time_mode units) from which the CA factor fades linearly to 1 at ca_end_time",
     "ca_fadeout_cap": "0-1: the fade never goes below this fraction of the CA effect (default 0)",
+    "controlnet_resize_mode": f"how ControlNet/T2I residuals are fitted to shrunk maps: {', '.join(UPSCALE_METHODS)}",
     "verbose": "true to log the settings and, once per run, every resize with its sizes",
 }
 
@@ -108,6 +115,7 @@ YAML_ONLY_KEYS = (
     "ca_input_after_skip_mode",
     "ca_fadeout_start_time",
     "ca_fadeout_cap",
+    "controlnet_resize_mode",
     "verbose",
 )
 """Advanced keys that have no widget."""
@@ -135,6 +143,7 @@ class RauNetSettings:
     ca_input_after_skip_mode: bool = False
     ca_fadeout_start_time: float | None = None
     ca_fadeout_cap: float = 0.0
+    controlnet_resize_mode: str = DEFAULT_RESIZE_MODE
     verbose: bool = False
 
     @property
@@ -175,6 +184,9 @@ def build_settings(yaml_parameters: str | None = None, **inputs: Any) -> RauNetS
         ca_input_after_skip_mode=require_bool("ca_input_after_skip_mode", values["ca_input_after_skip_mode"]),
         ca_fadeout_start_time=_optional(require_number, "ca_fadeout_start_time", values["ca_fadeout_start_time"]),
         ca_fadeout_cap=_fraction("ca_fadeout_cap", values["ca_fadeout_cap"]),
+        controlnet_resize_mode=require_choice(
+            "controlnet_resize_mode", values["controlnet_resize_mode"], UPSCALE_METHODS
+        ),
         verbose=require_bool("verbose", values["verbose"]),
     )
     _check_times(settings)
@@ -567,6 +579,81 @@ def _warn_foreign_downsample_handler(handlers: list) -> None:
             )
 
 
+def sag_reads_grid(tokens: int, height: int, width: int) -> bool:
+    """Whether core SAG can rebuild a grid from ``tokens`` middle-block tokens for a latent of height x width.
+
+    SAG (``create_blur_map`` in comfy_extras/nodes_sag.py) is not told the middle block's
+    size: it searches for a divisor of the token count near the latent's aspect ratio and
+    fails with a bare TypeError (or ZeroDivisionError) when the search finds none, which
+    is the case below 4 tokens. This is the same search, so RAU-Net can say why first.
+    """
+    guess = round(math.sqrt((height / width) * tokens))
+    for i in range(math.floor(math.sqrt(tokens) / 2)):
+        for divisor in (guess + i, max(1, guess - i)):
+            if divisor == 0:
+                return False
+            if tokens % divisor == 0:
+                return True
+    return False
+
+
+def _has_sag(options: dict) -> bool:
+    replaces = options.get("patches_replace", {}).get("attn1", {})
+    return any(
+        key[0] == "middle" and getattr(patch, "__qualname__", "").startswith(SAG) for key, patch in replaces.items()
+    )
+
+
+def _has_freeu_v2(options: dict) -> bool:
+    patches = options.get("patches", {}).get("output_block_patch", [])
+    return any(getattr(patch, "__qualname__", "").startswith(FREEU_V2) for patch in patches)
+
+
+class MiddleBlockGuard(_Immutable):
+    """Output block patch for two core nodes that fail on a tiny middle block.
+
+    At output block 0, ``h`` is the middle block's output. While RAU-Net is active on a
+    small image it can be a few tokens, and then core SAG fails with a bare TypeError
+    (it guesses the grid from the token count) and core FreeU V2 silently returns NaN (it
+    normalises by max - min of the map, 0 on a 1x1 map). This stops the run first, with
+    the sizes and what to do. Both nodes may be added after RAU-Net, so it is checked
+    while sampling. Never changes ``h``.
+    """
+
+    def __init__(self, active: Callable[[float], bool]) -> None:
+        self.active = active
+
+    def __repr__(self) -> str:
+        return "MiddleBlockGuard()"
+
+    def __call__(
+        self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if _block_of(transformer_options) != ("output", 0):
+            return h, hsp
+        sigma = current_sigma(transformer_options.get("sigmas"))
+        if sigma is None or not self.active(sigma):
+            return h, hsp
+        height, width = (int(side) for side in transformer_options.get("original_shape", [0, 0])[-2:])
+        tokens = h.shape[-2] * h.shape[-1]
+        problem = None
+        # SAG itself skips latents with a side of 4 or less.
+        if min(height, width) > 4 and _has_sag(transformer_options) and not sag_reads_grid(tokens, height, width):
+            problem = (
+                f"Self-Attention Guidance (SAG) cannot rebuild its attention map from {tokens} token(s); "
+                "use Perturbed-Attention Guidance instead of SAG"
+            )
+        elif tokens == 1 and _has_freeu_v2(transformer_options):
+            problem = "FreeU V2 cannot normalise a 1x1 map (the image would be NaN); use FreeU instead of FreeU V2"
+        if problem is None:
+            return h, hsp
+        raise ParameterError(
+            f"RAU-Net: on this {height}x{width} latent RAU-Net shrinks the middle block to {_size(h)} while it is "
+            f"active, and {problem}, a larger image (RAU-Net is meant for sizes above the model's native one), "
+            "or RAU-Net without the CA downscale"
+        )
+
+
 # --- applying --------------------------------------------------------------------------
 
 
@@ -647,16 +734,44 @@ def apply_raunet(model: Any, settings: RauNetSettings) -> Any:
 
     patched = model.clone()
     remove_own_patches(patched)
+    remove_control_bridge(patched)
     patches = patched.model_options["transformer_options"]["patches"]
     check_deep_shrink(patches, {"RAD": (rad, rad_time), "CA": (ca, ca_time)})
+    if rad or ca:
+        # Before our own block patches: residuals are added where apply_control adds them.
+        active = _ActiveTimes(rad_time if rad else None, ca_time if ca else None)
+        install_control_bridge(patched, active, _Resampler(settings.controlnet_resize_mode))
     if rad:
         _warn_foreign_downsample_handler(patches.get(_FTE_PATCH, []))
         _install_rad(patched, rad, rad_time, settings)
     if ca:
         _install_ca(patched, ca, ca_time, settings, to_sigma)
+    if rad or ca:
+        patched.set_model_output_block_patch(MiddleBlockGuard(active))
     install_run_state(patched, EFFECT)
     _log_result(settings, rad, ca)
     return patched
+
+
+@dataclass(frozen=True)
+class _ActiveTimes:
+    """Whether any RAU-Net part is active at a sigma (for the ControlNet bridge)."""
+
+    rad: SigmaRange | None
+    ca: SigmaRange | None
+
+    def __call__(self, sigma: float) -> bool:
+        return any(time is not None and time.contains(sigma) for time in (self.rad, self.ca))
+
+
+@dataclass(frozen=True)
+class _Resampler:
+    """``resize(x, height, width)`` with a fixed method."""
+
+    mode: str
+
+    def __call__(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return resize(x, height, width, self.mode, _bislerp)
 
 
 def _pairs_if_used(part: str, check: Any, settings: RauNetSettings, unet: UNetMap, time: SigmaRange) -> dict[int, int]:

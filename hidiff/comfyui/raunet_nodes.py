@@ -8,11 +8,11 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..core.presets import RAUNET_PRESETS, RAUNET_RES_MODES, RauNetPreset
+from ..core.presets import RAUNET_RES_MODES, RauNetPreset, raunet_preset_for
 from ..core.raunet import CA_DOWNSCALE_METHODS, TWO_STAGE_MODES, UPSCALE_METHODS
 from ..core.schedule import TIME_MODES
 from ..log import logger
-from . import nodes as base  # a module import: nodes.py may import this module while it loads
+from . import node_common as base
 from . import raunet
 from .params import require_choice
 
@@ -63,7 +63,7 @@ class ApplyRAUNet(io.ComfyNode):
                     default="8",
                     tooltip=f"The paired output Upsample blocks (RAU), one per input block. {_PAIRS}",
                 ),
-                io.Combo.Input("time_mode", options=list(TIME_MODES), default="percent", tooltip=base._TIME_TOOLTIP),
+                io.Combo.Input("time_mode", options=list(TIME_MODES), default="percent", tooltip=base.TIME_TOOLTIP),
                 _time_input("start_time", 0.0, "When RAD/RAU start"),
                 _time_input("end_time", 0.45, "When RAD/RAU end"),
                 io.Combo.Input(
@@ -143,7 +143,7 @@ class ApplyRAUNet(io.ComfyNode):
         inputs = dict(locals())
         del inputs["cls"]
         inputs["yaml_parameters"] = "" if yaml_parameters is None else yaml_parameters
-        return base._validation_message(raunet.build_settings, inputs)
+        return base.validation_message(raunet.build_settings, inputs)
 
     @classmethod
     def execute(
@@ -174,7 +174,7 @@ class ApplyRAUNet(io.ComfyNode):
 
 def raunet_yaml_tooltip() -> str:
     """The YAML tooltip, with the advanced keys only YAML can set."""
-    return f"{base._YAML_TOOLTIP} Advanced keys: {', '.join(raunet.YAML_ONLY_KEYS)}."
+    return f"{base.YAML_TOOLTIP} Advanced keys: {', '.join(raunet.YAML_ONLY_KEYS)}."
 
 
 class ApplyRAUNetSimple(io.ComfyNode):
@@ -227,7 +227,7 @@ class ApplyRAUNetSimple(io.ComfyNode):
     ) -> io.NodeOutput:
         family = base.resolve_family("ApplyRAUNetSimple", model_type, model)
         res = require_choice("res_mode", res_mode, RAUNET_RES_MODES).split(" ", 1)[0]
-        preset = RAUNET_PRESETS[(family, res)]
+        preset = base.place_preset("ApplyRAUNetSimple", raunet_preset_for, family, res, base.unet_map_of(model))
         if upscale_mode != DEFAULT_MODE:
             preset = preset.edited(upscale_mode=upscale_mode)
         if ca_upscale_mode != DEFAULT_MODE:

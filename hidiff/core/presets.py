@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .unet_map import Family
+from .unet_map import Family, UNetMap
 
 
 @dataclass(frozen=True)
@@ -96,3 +96,55 @@ RAUNET_PRESETS: dict[tuple[Family, str], RauNetPreset] = {
     ),
 }
 """The seed pack's ``SIMPLE_PRESETS``, value for value, keyed by (family, first word of res_mode)."""
+
+
+# --- placing the presets on the loaded model -------------------------------------------------
+
+MSW_MSA_LEVEL = {Family.SD15: 0, Family.SDXL: 1}
+"""The level whose self-attention the presets window: the finest level with attention."""
+
+RAUNET_SIMPLE_LEVELS = {Family.SD15: (0, 0), Family.SDXL: (0, 1)}
+"""(RAD level, CA level) of the seed's Simple presets: SD1.x RAD 3/8 and CA 1/11 sit at
+level 0; SDXL RAD 3/5 at level 0 and CA 4/5 at level 1."""
+
+
+class PresetPlacementError(ValueError):
+    """The model lacks a block a preset needs."""
+
+
+def _keep_or_place(preset_blocks: tuple[int, ...], placed: tuple[int, ...]) -> tuple[int, ...]:
+    """The preset's own numbers (and order) when they are the blocks the structure gives,
+    else the blocks the structure gives for this layout."""
+    return preset_blocks if set(preset_blocks) == set(placed) else placed
+
+
+def msw_msa_preset_for(family: Family, unet: UNetMap) -> MswMsaPreset:
+    """The MSW-MSA Simple preset on this model's own blocks (same numbers on the standard layouts)."""
+    preset = MSW_MSA_PRESETS[family]
+    level = MSW_MSA_LEVEL[family]
+    inputs, outputs = unet.attention_blocks_at("input", level), unet.attention_blocks_at("output", level)
+    if not inputs and not outputs:
+        raise PresetPlacementError(f"this {unet.describe()} has no self-attention at level {level}")
+    return preset.edited(
+        input_blocks=_keep_or_place(preset.input_blocks, inputs),
+        output_blocks=_keep_or_place(preset.output_blocks, outputs),
+    )
+
+
+def raunet_preset_for(family: Family, res: str, unet: UNetMap) -> RauNetPreset:
+    """The RAU-Net Simple preset on this model's own blocks (same numbers on the standard layouts)."""
+    preset = RAUNET_PRESETS[(family, res)]
+    rad_level, ca_level = RAUNET_SIMPLE_LEVELS[family]
+    rad_in, ca_in = unet.downsample_leaving(rad_level), unet.first_block_at(ca_level)
+    rad_out = unet.downsample_pairs().get(rad_in) if rad_in is not None else None
+    ca_out = unet.pool_pairs().get(ca_in) if ca_in is not None else None
+    if rad_out is None or ca_out is None:
+        raise PresetPlacementError(
+            f"this {unet.describe()} has no RAD or CA block pair at levels {rad_level}/{ca_level}"
+        )
+    return preset.edited(
+        input_blocks=_keep_or_place(preset.input_blocks, (rad_in,)),
+        output_blocks=_keep_or_place(preset.output_blocks, (rad_out,)),
+        ca_input_blocks=_keep_or_place(preset.ca_input_blocks, (ca_in,)),
+        ca_output_blocks=_keep_or_place(preset.ca_output_blocks, (ca_out,)),
+    )

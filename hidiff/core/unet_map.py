@@ -58,6 +58,15 @@ class BlockInfo:
     downsample: bool = False
     upsample: bool = False
 
+    @property
+    def main_level(self) -> int:
+        """The level the block's resnets and attention run at (before its resampler)."""
+        if self.downsample:
+            return self.level - 1
+        if self.upsample:
+            return self.level + 1
+        return self.level
+
 
 @dataclass(frozen=True)
 class UNetMap:
@@ -101,8 +110,20 @@ class UNetMap:
 
     def highest_attention_level(self) -> int | None:
         """The finest resolution level that has image self-attention."""
-        levels = [b.level for b in self.input_blocks if b.self_attention]
+        levels = [b.main_level for b in self.input_blocks if b.self_attention]
         return min(levels) if levels else None
+
+    def attention_blocks_at(self, kind: str, level: int) -> tuple[int, ...]:
+        """Blocks of ``kind`` whose self-attention runs at ``level``."""
+        return tuple(b.index for b in self.blocks(kind) if b.self_attention and b.main_level == level)
+
+    def downsample_leaving(self, level: int) -> int | None:
+        """The input block whose Downsample takes ``level`` to ``level + 1``."""
+        return next((b.index for b in self.input_blocks if b.downsample and b.main_level == level), None)
+
+    def first_block_at(self, level: int) -> int | None:
+        """The first input block (after conv_in) that runs at ``level`` without resampling."""
+        return next((b.index for b in self.input_blocks[1:] if not b.downsample and b.main_level == level), None)
 
     def describe(self) -> str:
         """A short human description used in messages."""
@@ -174,10 +195,13 @@ def inspect_unet(diffusion_model: nn.Module) -> UNetMap:
 
 
 def _family(unet: UNetMap) -> Family | None:
-    """SD1.x/2.x: 4 levels, self-attention from level 0. SDXL: 3 levels, from level 1."""
+    """The layout type, by where self-attention starts.
+
+    SD1.x/SD2.x have it from level 0; SDXL and its relatives (finetunes, inpainting,
+    Playground, refiner-like 4-level layouts, pruned SSD-1B/Vega) only from level 1.
+    Three levels at least, with a Downsample out of each resolution the presets use.
+    """
     first = unet.highest_attention_level()
-    if unet.levels == 4 and first == 0:
-        return Family.SD15
-    if unet.levels == 3 and first == 1:
-        return Family.SDXL
-    return None
+    if unet.levels < 3 or first is None or unet.downsample_leaving(0) is None:
+        return None
+    return {0: Family.SD15, 1: Family.SDXL}.get(first)

@@ -59,10 +59,12 @@ def load_pack() -> dict:
 
 
 def pack_module(name: str):
-    """A submodule of the pack as ComfyUI loaded it, e.g. ``pack_module("hidiff.comfyui.msw_msa")``."""
+    """A pack module under the name ComfyUI's loader gave the pack (imported if needed),
+    e.g. ``pack_module("hidiff.comfyui.msw_msa")``."""
+    import importlib
+
     load_pack()
-    prefix = str(REPO_ROOT).replace(".", "_x_")
-    return sys.modules[f"{prefix}.{name}"]
+    return importlib.import_module(f"{str(REPO_ROOT).replace('.', '_x_')}.{name}")
 
 
 SD15_CONFIG = {
@@ -108,26 +110,40 @@ SDXL_CONFIG = {
     "use_temporal_resblock": False,
 }
 
-CONFIGS = {"sd15": SD15_CONFIG, "sdxl": SDXL_CONFIG}
+SD2V_CONFIG = dict(SD15_CONFIG, use_linear_in_transformer=True, context_dim=1024, num_heads=-1, num_head_channels=16)
+"""SD2.x-768-v: the SD layout with linear projections, 1024-wide text context, v-prediction."""
+
+SDXL_SMALL_CONFIG = dict(
+    SDXL_CONFIG, num_res_blocks=[1, 1, 1], transformer_depth=[0, 1, 1], transformer_depth_output=[0, 0, 1, 1, 1, 1]
+)
+"""An SDXL-like layout with fewer blocks (KOALA-style: one res block per level)."""
+
+CONFIGS = {"sd15": SD15_CONFIG, "sdxl": SDXL_CONFIG, "sd2v": SD2V_CONFIG, "sdxl_small": SDXL_SMALL_CONFIG}
+FAMILY_OF = {"sd15": "sd15", "sdxl": "sdxl", "sd2v": "sd15", "sdxl_small": "sdxl"}
 _MODELS: dict = {}
 
 
 def tiny_model(family: str, weight_seed: int = 1234):
-    """A ModelPatcher around a tiny random UNet of ``family`` ("sd15" or "sdxl").
+    """A ModelPatcher around a tiny random UNet of layout ``family`` (a key of CONFIGS).
 
     Cached per family: tests must only ever sample clones (as nodes do); a test that
     checks the model stays untouched compares state dicts.
     """
     key = (family, weight_seed)
     if key not in _MODELS:
+        import comfy.model_base
         import comfy.model_management as mm
         import comfy.model_patcher
         import comfy.supported_models
 
         config = dict(CONFIGS[family], dtype=torch.float32)
-        model_config = (comfy.supported_models.SD15 if family == "sd15" else comfy.supported_models.SDXL)(config)
+        classes = {"sd15": comfy.supported_models.SD15, "sdxl": comfy.supported_models.SDXL}
+        model_config = (comfy.supported_models.SD20 if family == "sd2v" else classes[FAMILY_OF[family]])(config)
         model_config.set_inference_dtype(torch.float32, None)
-        model = model_config.get_model({})
+        if family == "sd2v":
+            model = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.V_PREDICTION)
+        else:
+            model = model_config.get_model({})
         generator = torch.Generator().manual_seed(weight_seed)
         with torch.no_grad():
             for param in model.parameters():
@@ -143,7 +159,7 @@ def conditioning(family: str, seed: int = 7, tokens: int = 12) -> list:
     generator = torch.Generator().manual_seed(seed)
     context_dim = CONFIGS[family]["context_dim"]
     extra = {}
-    if family == "sdxl":
+    if FAMILY_OF[family] == "sdxl":
         extra = {"pooled_output": torch.randn(1, 1280, generator=generator)}
     return [[torch.randn(1, tokens, context_dim, generator=generator), extra]]
 
@@ -160,15 +176,20 @@ def sample(
     sampler: str = "euler",
     scheduler: str = "normal",
     batch: int = 1,
+    control=None,
     **kwargs,
 ) -> torch.Tensor:
-    """Sample a latent of height x width with ``model`` through ``comfy.sample.sample``."""
+    """Sample a latent of height x width with ``model`` through ``comfy.sample.sample``.
+
+    ``control``: a ControlNet (with its hint set) attached to both conditionings."""
     import comfy.sample
 
     latent = torch.zeros(batch, 4, height, width)
     noise = comfy.sample.prepare_noise(latent, seed)
     positive = conditioning(family, seed=11)
     negative = conditioning(family, seed=12)
+    if control is not None:
+        positive, negative = with_control(positive, control), with_control(negative, control)
     return comfy.sample.sample(
         model, noise, steps, cfg, sampler, scheduler, positive, negative, latent, seed=seed, disable_pbar=True, **kwargs
     )
@@ -190,3 +211,33 @@ def widget_inputs(node_cls, widget_values: list) -> dict:
     if len(widget_values) > len(names):
         raise AssertionError(f"{len(widget_values)} widget values for {len(names)} widgets: {names}")
     return dict(zip(names, widget_values))
+
+
+def tiny_controlnet(family: str = "sd15", weight_seed: int = 99):
+    """A ComfyUI ControlNet with the tiny UNet's layout and random (non-zero) weights."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_management as mm
+    import comfy.ops
+
+    config = dict(CONFIGS[family])
+    for key in ("out_channels", "transformer_depth_output", "use_temporal_attention", "use_temporal_resblock"):
+        config.pop(key, None)
+    control_model = comfy.cldm.cldm.ControlNet(
+        hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32, **config
+    )
+    generator = torch.Generator().manual_seed(weight_seed)
+    with torch.no_grad():
+        for param in control_model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return comfy.controlnet.ControlNet(control_model, load_device=mm.get_torch_device())
+
+
+def with_control(cond: list, control, strength: float = 1.0) -> list:
+    """``cond`` with ``control`` attached, as ComfyUI's ControlNetApply nodes do."""
+    return [[c[0], dict(c[1], control=control, control_apply_to_uncond=False)] for c in cond]
+
+
+def control_hint(height: int, width: int, seed: int = 3) -> torch.Tensor:
+    """A random hint image (B, 3, H*8, W*8) for a latent of height x width."""
+    return torch.rand(1, 3, height * 8, width * 8, generator=torch.Generator().manual_seed(seed))

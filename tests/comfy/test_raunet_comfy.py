@@ -8,7 +8,6 @@ with ceil, and every restore lands on the exact skip size.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -21,7 +20,7 @@ import comfy.samplers
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from harness import REPO_ROOT, load_pack, sample, tiny_model
+from harness import REPO_ROOT, pack_module, sample, tiny_model
 
 SEED_WORKFLOWS = Path(os.environ.get("HIDIFF_SEED_DIR", REPO_ROOT.parent / "shared" / "seed")) / "workflows"
 SEED_INPUTS = [
@@ -45,12 +44,6 @@ SEED_SDXL = ["3", "5", "percent", 0, 0.55, "bicubic", 1, 0.3, "2", "7", "bicubic
 UPSCALES = ["bicubic", "bislerp", "bilinear", "nearest-exact", "nearest", "area"]
 DOWNSCALES = ["avg_pool2d", "adaptive_avg_pool2d", *UPSCALES]
 OFF = {"input_blocks": "", "output_blocks": "", "ca_input_blocks": "", "ca_output_blocks": ""}
-
-
-def pack_module(name: str):
-    """A pack module under the name ComfyUI's loader gave the pack (imported if needed)."""
-    load_pack()
-    return importlib.import_module(f"{str(REPO_ROOT).replace('.', '_x_')}.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -687,8 +680,8 @@ def test_with_msw_msa_at_odd_size(nodes, pack):
 
 
 def documented_pairs() -> dict[str, dict[str, str]]:
-    """The pair lists in docs/raunet.md's table, by model and column."""
-    text = (REPO_ROOT / "docs" / "raunet.md").read_text()
+    """The pair lists in README.md's table, by model and column."""
+    text = (REPO_ROOT / "README.md").read_text()
     rows = {}
     for line in text.splitlines():
         cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]

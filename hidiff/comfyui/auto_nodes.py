@@ -1,0 +1,233 @@
+"""``ApplyHiDiffusion`` ("HiDiffusion"): the whole method with no block knowledge, and
+``HiDiffusionInspect``: what it would do, as text.
+
+Both read the model's structure and native size, compare it with the target size and
+follow the official schedule (:mod:`hidiff.core.plan`). The auto node then applies
+exactly what ``ApplyRAUNet`` + ``ApplyMSWMSAAttention`` would with the logged inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from comfy_api.latest import io, ui
+
+from ..core.plan import AutoPlan, plan_for
+from ..core.unet_map import Family
+from ..log import logger
+from . import msw_msa, raunet
+from .model_info import unet_map_of
+from .node_common import CATEGORY, validation_message
+from .params import ParameterError, parse_yaml_parameters, require_bool
+
+ADVANCED_KEYS = {
+    "native_resolution": "the model's native size in pixels (default: from the model: SD1.x 512, SD2.x-v 768, SDXL 1024)",
+    "turbo": "true for SDXL-Turbo-style few-step models (pooling only, first half of sampling)",
+    "aggressive": "SDXL below 4096px: RAD first, then pooling (default true; false for inpainting/Playground models)",
+    "text_to_image_controlnet": "true: the official SDXL ControlNet schedule (pooling until 50% instead of 40%)",
+    "verbose": "true: also log each effect's settings",
+}
+
+
+@dataclass(frozen=True)
+class AutoOptions:
+    """The checked ``advanced`` keys."""
+
+    native_resolution: int | None = None
+    turbo: bool = False
+    aggressive: bool = True
+    text_to_image_controlnet: bool = False
+    verbose: bool = False
+
+
+def parse_advanced(text: str | None) -> AutoOptions:
+    """The ``advanced`` YAML, checked; errors name the key and list the valid ones."""
+    values = parse_yaml_parameters(text, ADVANCED_KEYS, input_name="advanced")
+    native = values.get("native_resolution")
+    if native is not None and (isinstance(native, bool) or not isinstance(native, int) or native < 64):
+        raise ParameterError(
+            f"advanced: native_resolution must be a whole number of pixels (64 or more), got {native!r}"
+        )
+    flags = {
+        key: require_bool(key, values[key])
+        for key in ("turbo", "aggressive", "text_to_image_controlnet", "verbose")
+        if key in values
+    }
+    return AutoOptions(native_resolution=native, **flags)
+
+
+def native_latent(model: Any, family: Family, options: AutoOptions) -> int | None:
+    """The native latent side: the user's, else 768px for SD2.x v-prediction models, else the family's."""
+    if options.native_resolution is not None:
+        return options.native_resolution // 8
+    if family is Family.SD15:
+        base = model.model
+        unet_config = getattr(getattr(base, "model_config", None), "unet_config", {}) or {}
+        v_prediction = getattr(getattr(base, "model_type", None), "name", "") == "V_PREDICTION"
+        if v_prediction and unet_config.get("context_dim") == 1024:
+            return 96
+    return None
+
+
+def target_latent(width: int, height: int, latent: dict | None) -> tuple[int, int]:
+    """(height, width) of the latent to be sampled: the connected latent's, else width/height / 8."""
+    if latent is not None and "samples" in latent:
+        samples = latent["samples"]
+        return int(samples.shape[-2]), int(samples.shape[-1])
+    return max(1, height // 8), max(1, width // 8)
+
+
+def make_plan(
+    model: Any, width: int, height: int, latent: dict | None, advanced: str | None
+) -> tuple[AutoPlan, AutoOptions]:
+    """The plan for this model and size, with the advanced options applied."""
+    options = parse_advanced(advanced)
+    unet = unet_map_of(model)
+    latent_h, latent_w = target_latent(width, height, latent)
+    family = unet.family if unet.supported else None
+    try:
+        plan = plan_for(
+            unet,
+            latent_h,
+            latent_w,
+            native_latent=native_latent(model, family, options) if family else None,
+            turbo=options.turbo,
+            aggressive=options.aggressive,
+            text_to_image_controlnet=options.text_to_image_controlnet,
+        )
+    except ValueError as exc:
+        raise ParameterError(f"HiDiffusion: {exc}") from None
+    return plan, options
+
+
+def apply_plan(model: Any, plan: AutoPlan, use_raunet: bool, use_msw_msa: bool, verbose: bool = False) -> Any:
+    """Apply the plan with the advanced nodes' own code, so it equals them set by hand."""
+    patched = model
+    if use_raunet and (plan.rad_pair or plan.pool_pair):
+        inputs = plan.raunet_inputs()
+        yaml = "verbose: true" if verbose else None
+        patched = raunet.apply_raunet(patched, raunet.build_settings(yaml, **inputs))
+    if use_msw_msa and (plan.msw_input_blocks or plan.msw_output_blocks):
+        inputs = plan.msw_inputs()
+        patched = msw_msa.apply_msw_msa(patched, msw_msa.build_settings("verbose: true" if verbose else None, **inputs))
+    return patched
+
+
+_SIZE_INPUTS = [
+    io.Int.Input(
+        "width",
+        default=2048,
+        min=64,
+        max=16384,
+        step=8,
+        tooltip="Target image width in pixels (ignored when a latent is connected).",
+    ),
+    io.Int.Input(
+        "height",
+        default=2048,
+        min=64,
+        max=16384,
+        step=8,
+        tooltip="Target image height in pixels (ignored when a latent is connected).",
+    ),
+]
+_LATENT_INPUT = io.Latent.Input(
+    "latent", optional=True, tooltip="The latent you will sample; its size is the target size."
+)
+_ADVANCED_INPUT = io.String.Input(
+    "advanced",
+    optional=True,
+    multiline=True,
+    default="",
+    tooltip="Optional YAML: native_resolution, turbo, aggressive, text_to_image_controlnet, verbose.",
+)
+
+
+class ApplyHiDiffusion(io.ComfyNode):
+    """HiDiffusion for the model and size at hand, with no block knowledge needed."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ApplyHiDiffusion",
+            display_name="HiDiffusion",
+            category=CATEGORY,
+            description=(
+                "HiDiffusion with no block knowledge: reads the model's structure and native size, compares it with "
+                "the target size and applies the official RAU-Net schedule and MSW-MSA. At or below the native size "
+                "it does nothing and says so."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="SD1.x, SD2.x or SDXL model; it is never changed."),
+                *_SIZE_INPUTS,
+                io.Boolean.Input(
+                    "raunet", default=True, tooltip="RAU-Net: one subject instead of duplicates, and faster."
+                ),
+                io.Boolean.Input(
+                    "msw_msa", default=True, tooltip="MSW-MSA: windowed self-attention, faster at high resolution."
+                ),
+                _LATENT_INPUT,
+                _ADVANCED_INPUT,
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The model with HiDiffusion for this size (or unchanged at native size).")
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, advanced: str | None = "") -> bool | str:
+        return validation_message(lambda advanced: parse_advanced(advanced), {"advanced": advanced or ""})
+
+    @classmethod
+    def execute(
+        cls,
+        model: Any,
+        width: int,
+        height: int,
+        raunet: bool,
+        msw_msa: bool,
+        latent: dict | None = None,
+        advanced: str | None = None,
+    ) -> io.NodeOutput:
+        plan, options = make_plan(model, width, height, latent, advanced)
+        logger.info(f"HiDiffusion: {plan.describe()}")
+        if not plan.active:
+            return io.NodeOutput(model)
+        return io.NodeOutput(apply_plan(model, plan, raunet, msw_msa, options.verbose))
+
+
+class HiDiffusionInspect(io.ComfyNode):
+    """What HiDiffusion would do for this model and size: blocks, times, feature-map sizes."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HiDiffusionInspect",
+            display_name="HiDiffusion Inspect",
+            category=CATEGORY,
+            description=(
+                "Shows, for the loaded model and a size, which blocks each HiDiffusion effect touches, at which "
+                "sampling percents, and the feature-map size of every level in each phase."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to inspect."),
+                *_SIZE_INPUTS,
+                _LATENT_INPUT,
+                _ADVANCED_INPUT,
+            ],
+            outputs=[io.String.Output(tooltip="The report, as text.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(
+        cls, model: Any, width: int, height: int, latent: dict | None = None, advanced: str | None = None
+    ) -> io.NodeOutput:
+        plan, _ = make_plan(model, width, height, latent, advanced)
+        report = plan.describe()
+        logger.info(f"HiDiffusion Inspect: {report}")
+        return io.NodeOutput(report, ui=ui.PreviewText(report))
+
+
+AUTO_NODES = [ApplyHiDiffusion, HiDiffusionInspect]

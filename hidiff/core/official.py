@@ -1,0 +1,100 @@
+"""The official HiDiffusion schedule: which RAU-Net part runs at which steps, per family and size.
+
+Written from the official code (method.md §1.2-1.3). Parts are named by UNet *level* so
+that both hosts can place them: ``rad_level`` is the level whose Downsample becomes RAD
+(and whose mirrored Upsample becomes RAU), ``pool_level`` the level whose first
+block's output is average-pooled (the official "cross-attention block" downscale) and
+restored in the mirrored up block.
+
+The official code keeps a counter per patched module and runs a part while
+``counter < int(N * ratio)`` (N = steps actually run). Here the same windows are
+expressed as fractions of the step count (:class:`StepWindow`), so a host that knows the
+step index of a call reproduces the official switching exactly, and a host that thinks in
+sampling percent can use the same numbers as ranges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .unet_map import Family
+
+AGGRESSIVE_STEP = 8 / 50
+"""SDXL below 4096 px: RAD for the first 8 of 50 steps, then pooling (``aggressive_step``)."""
+
+
+@dataclass(frozen=True)
+class StepWindow:
+    """Active for steps ``int(start * N) <= step < int(end * N)`` of an N-step run."""
+
+    start: float
+    end: float
+
+    def steps(self, total: int) -> range:
+        """The active step indices of an N-step run, exactly as the official counters."""
+        return range(int(self.start * total), int(self.end * total))
+
+    def contains(self, step: int, total: int) -> bool:
+        """Whether step ``step`` of an N-step run is active."""
+        return step in self.steps(total)
+
+
+@dataclass(frozen=True)
+class FamilyTraits:
+    """What only a family can know: where the official method acts and its native size."""
+
+    rad_level: int
+    pool_level: int
+    native_latent: int
+    """Side of the latent the family was trained at (pixels / 8)."""
+
+
+FAMILY_TRAITS = {
+    Family.SD15: FamilyTraits(rad_level=0, pool_level=1, native_latent=64),
+    Family.SDXL: FamilyTraits(rad_level=1, pool_level=1, native_latent=128),
+}
+
+
+@dataclass(frozen=True)
+class OfficialSchedule:
+    """The official switching for one run: a key as in the official ratio table, and the
+    step windows of RAD/RAU and of the pooling (None = never)."""
+
+    key: str
+    rad: StepWindow | None
+    pool: StepWindow | None
+
+
+def official_schedule(
+    family: Family,
+    latent_height: int,
+    latent_width: int,
+    *,
+    turbo: bool = False,
+    aggressive: bool = True,
+    text_to_image_controlnet: bool = False,
+) -> OfficialSchedule:
+    """The official schedule for a latent of ``latent_height`` x ``latent_width``.
+
+    Args:
+        family: SD15 (SD1.x / SD2.x) or SDXL.
+        turbo: SDXL-Turbo-style few-step model (pooling only, half the steps).
+        aggressive: SDXL below 4096 px runs RAD first, then pooling (official default;
+            off for inpainting and Playground models).
+        text_to_image_controlnet: the official SDXL text-to-image ControlNet variant keeps
+            pooling until 50 % instead of 40 %.
+    """
+    if family is Family.SD15:
+        if latent_height < 256 or latent_width < 256:
+            return OfficialSchedule("sd15_1024", rad=StepWindow(0.0, 0.4), pool=None)
+        return OfficialSchedule("sd15_2048", rad=StepWindow(0.0, 0.7), pool=StepWindow(0.0, 0.3))
+    if turbo:
+        return OfficialSchedule("sdxl_turbo_1024", rad=None, pool=StepWindow(0.0, 0.5))
+    if latent_height < 512 or latent_width < 512:
+        t1 = 0.5 if text_to_image_controlnet else 0.4
+        if aggressive:
+            return OfficialSchedule(
+                "sdxl_2048", rad=StepWindow(0.0, AGGRESSIVE_STEP), pool=StepWindow(AGGRESSIVE_STEP, t1)
+            )
+        return OfficialSchedule("sdxl_2048", rad=None, pool=StepWindow(0.0, t1))
+    return OfficialSchedule("sdxl_4096", rad=StepWindow(0.0, 0.3), pool=StepWindow(0.0, 0.7))

@@ -51,6 +51,11 @@ if [ -n "$missing" ]; then
   "$PYTHON" -m pip install --quiet $missing
 fi
 
+if ! "$PYTHON" -c "import diffusers.hooks, peft" 2>/dev/null; then
+  say "installing diffusers + peft (for the diffusers adapter's tests)"
+  "$PYTHON" -m pip install --quiet "diffusers==0.42.1" peft
+fi
+
 if ! "$PYTHON" -c "import pytest, ruff, yaml" 2>/dev/null; then
   say "installing test tools"
   "$PYTHON" -m pip install --quiet "pytest>=8" "ruff>=0.6" pyyaml

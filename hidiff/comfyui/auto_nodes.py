@@ -13,6 +13,7 @@ from typing import Any
 
 from comfy_api.latest import io, ui
 
+from ..core.cost import unet_costs
 from ..core.plan import AutoPlan, plan_for
 from ..core.unet_map import Family
 from ..log import logger
@@ -225,7 +226,8 @@ class HiDiffusionInspect(io.ComfyNode):
         cls, model: Any, width: int, height: int, latent: dict | None = None, advanced: str | None = None
     ) -> io.NodeOutput:
         plan, _ = make_plan(model, width, height, latent, advanced)
-        report = plan.describe()
+        unet = unet_map_of(model)
+        report = plan.describe(unet_costs(model.get_model_object("diffusion_model"), unet) if plan.active else None)
         logger.info(f"HiDiffusion Inspect: {report}")
         return io.NodeOutput(report, ui=ui.PreviewText(report))
 

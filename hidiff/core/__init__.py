@@ -5,5 +5,9 @@ Modules:
     schedule  time ranges (percent / timestep / sigma) and the step of a sigma.
     blocks    parsing the comma block lists users type.
     unet_map  reading block kinds, levels and pairs from a loaded UNet.
-    presets   the per-family settings of the Simple nodes.
+    raunet    RAU-Net's operators: RAD, RAU, CA downscale, fadeout.
+    presets   the per-family settings of the Simple nodes, placed on the model's blocks.
+    official  the official switching schedule per family and size.
+    plan      the automatic plan: native-size gate, blocks and percent ranges.
+    cost      an analytic FLOP estimate of one UNet call.
 """

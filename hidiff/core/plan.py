@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .cost import BlockCost, estimate_flops
 from .official import FAMILY_TRAITS, OfficialSchedule, StepWindow, official_schedule
 from .unet_map import FAMILY_NAMES, Family, UNetMap
 
@@ -43,6 +44,7 @@ class AutoPlan:
     msw_input_blocks: tuple[int, ...] = ()
     msw_output_blocks: tuple[int, ...] = ()
     phases: tuple[Phase, ...] = field(default=())
+    _unet: UNetMap | None = field(default=None, repr=False, compare=False)
 
     def raunet_inputs(self) -> dict:
         """``ApplyRAUNet`` inputs that do the same (official operators: nearest RAU,
@@ -79,8 +81,25 @@ class AutoPlan:
             "end_time": 1.0,
         }
 
-    def describe(self) -> str:
-        """A multi-line report for the log and the Inspect node."""
+    def flop_lines(self, costs: dict[tuple[str, int], BlockCost]) -> list[str]:
+        """Estimated FLOPs of one call in each phase, against the unpatched call."""
+        normal = next(p for p in self.phases if p.label == "normal")
+        unet_blocks = self._unet
+        base = estimate_flops(unet_blocks, costs, normal.sizes)
+        windowed = frozenset(("input", b) for b in self.msw_input_blocks) | frozenset(
+            ("output", b) for b in self.msw_output_blocks
+        )
+        lines = []
+        for phase in self.phases:
+            flops = estimate_flops(unet_blocks, costs, phase.sizes, windowed)
+            lines.append(
+                f"  estimated FLOPs per call ({phase.label}, with MSW-MSA): {flops / 1e9:.0f} GFLOP, "
+                f"{base / flops:.2f}x fewer than unpatched ({base / 1e9:.0f} GFLOP)"
+            )
+        return lines
+
+    def describe(self, costs: dict[tuple[str, int], BlockCost] | None = None) -> str:
+        """A multi-line report for the log and the Inspect node (FLOP estimates with ``costs``)."""
         height, width = self.latent
         head = (
             f"{FAMILY_NAMES[self.family]} model, native {self.native_latent * 8}px, "
@@ -104,6 +123,8 @@ class AutoPlan:
         for phase in self.phases:
             sizes = ", ".join(f"L{level} {w}x{h}" for level, (h, w) in enumerate(phase.sizes))
             lines.append(f"  feature maps, width x height ({phase.label}): {sizes}")
+        if costs is not None and self._unet is not None:
+            lines.extend(self.flop_lines(costs))
         return "\n".join(lines)
 
 
@@ -212,4 +233,5 @@ def plan_for(
             traits.rad_level if rad_pair else None,
             traits.pool_level if pool_pair else None,
         ),
+        unet,
     )

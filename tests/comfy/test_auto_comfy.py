@@ -202,3 +202,24 @@ def test_simple_nodes_place_presets_on_other_layouts(pack, logs):
     assert torch.isfinite(sample(rau, "sdxl_small", 32, 32, steps=2)).all()
     sd2 = pack["ApplyMSWMSAAttentionSimple"].execute(model_type="SD15", model=tiny_model("sd2v")).result[0]
     assert sorted(replaces_of(sd2)) == [("input", 1), ("input", 2), ("output", 9), ("output", 10), ("output", 11)]
+
+
+def test_inspect_flop_estimate_agrees_with_a_counted_call(pack):
+    """The analytic estimate of the Inspect report against torch's FlopCounterMode on a real
+    forward of the tiny SD1.5 UNet (77 text tokens, batch 1)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = __import__("sys").modules[pack["ApplyHiDiffusion"].__module__]
+    cost = __import__("sys").modules[module.__name__.replace("comfyui.auto_nodes", "core.cost")]
+    model = tiny_model("sd15")
+    unet_module = model.get_model_object("diffusion_model")
+    unet = module.unet_map_of(model)
+    costs = cost.unet_costs(unet_module, unet)
+    plan_module = __import__("sys").modules[module.__name__.replace("comfyui.auto_nodes", "core.plan")]
+    latent = (40, 24)
+    estimate = cost.estimate_flops(unet, costs, plan_module.level_sizes(unet.levels, latent))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet_module(torch.zeros(1, 4, *latent), torch.tensor([500.0]), context=torch.zeros(1, 77, 64), transformer_options={})
+    assert abs(estimate / counter.get_total_flops() - 1) < 0.1
+    report = pack["HiDiffusionInspect"].execute(model=model, width=2048, height=2048).result[0]
+    assert "estimated FLOPs per call (RAD + pool, with MSW-MSA)" in report and "fewer than unpatched" in report

@@ -219,7 +219,9 @@ def test_inspect_flop_estimate_agrees_with_a_counted_call(pack):
     latent = (40, 24)
     estimate = cost.estimate_flops(unet, costs, plan_module.level_sizes(unet.levels, latent))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet_module(torch.zeros(1, 4, *latent), torch.tensor([500.0]), context=torch.zeros(1, 77, 64), transformer_options={})
+        unet_module(
+            torch.zeros(1, 4, *latent), torch.tensor([500.0]), context=torch.zeros(1, 77, 64), transformer_options={}
+        )
     assert abs(estimate / counter.get_total_flops() - 1) < 0.1
     report = pack["HiDiffusionInspect"].execute(model=model, width=2048, height=2048).result[0]
     assert "estimated FLOPs per call (RAD + pool, with MSW-MSA)" in report and "fewer than unpatched" in report

@@ -19,6 +19,7 @@ from .node_common import (
     MODEL_TYPES,
     TIME_TOOLTIP,
     YAML_TOOLTIP,
+    choice_message,
     place_preset,
     resolve_family,
     validation_message,
@@ -151,6 +152,10 @@ class ApplyMSWMSAAttentionSimple(io.ComfyNode):
             ],
             outputs=[io.Model.Output(tooltip="The model with MSW-MSA attention.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_type: str | None = None) -> bool | str:
+        return choice_message({"model_type": (MODEL_TYPES, model_type)})
 
     @classmethod
     def execute(cls, model_type: str, model: Any) -> io.NodeOutput:

@@ -64,3 +64,13 @@ def place_preset(node: str, place: Any, *args: Any) -> Any:
         return place(*args)
     except PresetPlacementError as exc:
         raise ParameterError(f"{node}: {exc}; use the advanced node with blocks of your choice") from None
+
+
+def choice_message(choices: dict[str, tuple[tuple[str, ...], Any]]) -> bool | str:
+    """Queue-time check of dropdown values ({input: (options, value)}): ComfyUI's validator
+    does not check the options of V3 dropdowns, so a stale saved value would otherwise only
+    fail when the node runs. Linked (unknown, None) values are skipped."""
+    for name, (options, value) in choices.items():
+        if value is not None and value not in options:
+            return f"{name} = {value!r} is not valid; use one of {', '.join(options)}"
+    return True

@@ -222,6 +222,24 @@ class ApplyRAUNetSimple(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(
+        cls,
+        model_type: str | None = None,
+        res_mode: str | None = None,
+        upscale_mode: str | None = None,
+        ca_upscale_mode: str | None = None,
+    ) -> bool | str:
+        methods = (DEFAULT_MODE, *UPSCALE_METHODS)
+        return base.choice_message(
+            {
+                "model_type": (base.MODEL_TYPES, model_type),
+                "res_mode": (RAUNET_RES_MODES, res_mode),
+                "upscale_mode": (methods, upscale_mode),
+                "ca_upscale_mode": (methods, ca_upscale_mode),
+            }
+        )
+
+    @classmethod
     def execute(
         cls, model: Any, model_type: str, res_mode: str, upscale_mode: str, ca_upscale_mode: str
     ) -> io.NodeOutput:

@@ -475,3 +475,15 @@ def test_simple_node_seed_widget_values(pack):
     assert inputs == {"model_type": "auto"}
     patched = node.execute(model=tiny_model("sd15"), **inputs).result[0]
     assert torch.isfinite(sample(patched, "sd15", 16, 16, steps=2)).all()
+
+
+def test_simple_nodes_check_their_dropdowns_at_queue_time(pack):
+    """ComfyUI's validator skips V3 dropdown options; the Simple nodes check them."""
+    assert pack["ApplyMSWMSAAttentionSimple"].validate_inputs(model_type="SD3") == (
+        "model_type = 'SD3' is not valid; use one of auto, SD15, SDXL"
+    )
+    assert pack["ApplyMSWMSAAttentionSimple"].validate_inputs(model_type="auto") is True
+    message = pack["ApplyRAUNetSimple"].validate_inputs(
+        model_type="auto", res_mode="medium", upscale_mode="default", ca_upscale_mode="bicubic"
+    )
+    assert message.startswith("res_mode = 'medium' is not valid; use one of high (1536-2048)")

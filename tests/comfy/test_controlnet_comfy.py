@@ -130,6 +130,7 @@ def test_comfyui_is_left_exactly_as_found_after_unloading(pack):
     import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
     import comfy.model_management as mm
 
+    mm.unload_all_models()  # models patched by earlier tests may still be loaded
     base = tiny_model("sd15")
     before_module = dict(vars(openaimodel))
     unet = base.get_model_object("diffusion_model")

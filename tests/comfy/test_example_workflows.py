@@ -281,7 +281,13 @@ def test_our_widget_values_pass_their_own_checks(path: Path, registry):
     prompt = to_prompt(json.loads(path.read_text()), registry)
     failures, checked = own_check_failures(prompt, registry)
     assert failures == []
-    with_checks = {"ApplyRAUNet", "ApplyMSWMSAAttention", "ApplyHiDiffusion"}
+    with_checks = {
+        "ApplyRAUNet",
+        "ApplyMSWMSAAttention",
+        "ApplyHiDiffusion",
+        "ApplyRAUNetSimple",
+        "ApplyMSWMSAAttentionSimple",
+    }
     assert checked == with_checks & {node["class_type"] for node in prompt.values()}
 
 
@@ -291,7 +297,10 @@ def test_our_checks_catch_a_choice_comfyui_lets_through(registry, model_files):
     node["widgets_values"][widget_slots(registry["ApplyRAUNetSimple"]).index("res_mode")] = "medium"
     prompt = to_prompt(workflow, registry)
     failures, _ = own_check_failures(prompt, registry)
-    assert failures == [f"{node['id']} ApplyRAUNetSimple.res_mode: 'medium' is not an option"]
+    assert failures[0] == f"{node['id']} ApplyRAUNetSimple.res_mode: 'medium' is not an option"
+    # the node's own queue-time check reports it too (ComfyUI's validator would not)
+    assert failures[1].startswith(f"{node['id']} ApplyRAUNetSimple: res_mode = 'medium' is not valid; use one of")
+    assert len(failures) == 2
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

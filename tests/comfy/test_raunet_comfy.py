@@ -116,11 +116,17 @@ def c(size: int, divisor: int) -> int:
     return math.ceil(size / divisor)
 
 
-def ours(model, name: str) -> list:
+def ours(model, name: str, kind: str | None = None) -> list:
+    """RAU-Net's own patches of one list (the ControlNet bridge's are another effect),
+    optionally only those of one class."""
     patches = model.model_options.get("transformer_options", {}).get("patches", {}).get(name, [])
-    return [
-        p for p in patches if getattr(p if name != "forward_timestep_embed_patch" else p[1], "hidiffusion_effect", "")
+    found = [
+        p
+        for p in patches
+        if getattr(p if name != "forward_timestep_embed_patch" else p[1], "hidiffusion_effect", "")
+        == "hidiffusion_raunet"
     ]
+    return [p for p in found if kind is None or type(p).__name__ == kind]
 
 
 # --- the nodes -------------------------------------------------------------------------
@@ -581,7 +587,9 @@ def test_applying_twice_replaces_the_first(nodes):
         upscale_mode="nearest",
     )
     assert len(ours(second, "forward_timestep_embed_patch")) == 1
-    assert len(ours(second, "input_block_patch")) == 1 and len(ours(second, "output_block_patch")) == 1
+    assert len(ours(second, "input_block_patch")) == 1
+    assert len(ours(second, "output_block_patch", "CaRestore")) == 1
+    assert len(ours(second, "output_block_patch", "MiddleBlockGuard")) == 1
     assert not second.object_patches  # nearest needs none, and the first's is gone
     clone, records = recorded(second)
     sample(clone, "sdxl", 45, 29, steps=1)

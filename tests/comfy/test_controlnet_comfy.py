@@ -149,3 +149,36 @@ def test_comfyui_is_left_exactly_as_found_after_unloading(pack):
     assert dict(vars(openaimodel)) == before_module
     assert forwards() == before
     assert Path(openaimodel.__file__).is_file()
+
+
+def tiny_t2i_adapter(height: int, width: int):
+    """A ComfyUI T2I-Adapter for the tiny SD1.5 layout (channels 32/64/128/128), random weights."""
+    import comfy.controlnet
+    import comfy.t2i_adapter.adapter
+
+    adapter = comfy.t2i_adapter.adapter.Adapter(
+        channels=[32, 64, 128, 128], nums_rb=1, cin=3 * 64, ksize=1, sk=True, use_conv=False, xl=False
+    )
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for param in adapter.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    control = comfy.controlnet.T2IAdapter(adapter, 3, 8, "nearest-exact", device=torch.device("cpu"))
+    return control.copy().set_cond_hint(control_hint(height, width), 1.0, (0.0, 1.0))
+
+
+def test_t2i_adapter_input_residuals_reach_the_shrunk_maps(pack, logs):
+    """T2I-Adapters add "input" residuals after input blocks: under RAU-Net they are fitted
+    too (stock ComfyUI drops them, see the variable test above)."""
+    model = raunet(pack, tiny_model("sd15"))
+    with_adapter = sample(model, "sd15", 24, 40, steps=2, control=tiny_t2i_adapter(24, 40))
+    assert dropped(logs) == []
+    assert not torch.allclose(with_adapter, sample(model, "sd15", 24, 40, steps=2), atol=1e-3)
+    assert any("Scaling controlnet conditioning" in m for m in logs.messages())
+
+
+def test_t2i_adapter_residuals_are_dropped_by_stock_comfyui_under_raunet(pack, logs, monkeypatch):
+    monkeypatch.setenv("JANKHIDIFFUSION_DISABLE_CONTROLNET_WORKAROUND", "1")
+    model = raunet(pack, tiny_model("sd15"))
+    sample(model, "sd15", 24, 40, steps=2, control=tiny_t2i_adapter(24, 40))
+    assert dropped(logs)

@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hidiff", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "hidiff", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_bench_help_comes_from_the_benchmark_script():

@@ -94,6 +94,13 @@ def _token_order(layout: WindowLayout) -> tuple[torch.Tensor, torch.Tensor, tupl
     return order, inverse, tuple(p.numel() for p in parts)
 
 
+@functools.lru_cache(maxsize=64)
+def _token_order_on(layout: WindowLayout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """:func:`_token_order` on ``device``, so a GPU call copies no index tensor."""
+    order, inverse, sizes = _token_order(layout)
+    return order.to(device), inverse.to(device), sizes
+
+
 def partition(x: torch.Tensor, layout: WindowLayout) -> list[tuple[list[int], torch.Tensor]]:
     """Split (B, H*W, C) tokens into windows, batching windows of equal shape.
 
@@ -104,8 +111,8 @@ def partition(x: torch.Tensor, layout: WindowLayout) -> list[tuple[list[int], to
     batch, tokens, channels = x.shape
     if tokens != layout.height * layout.width:
         raise ValueError(f"{tokens} tokens do not form a {layout.height}x{layout.width} grid")
-    order, _, sizes = _token_order(layout)
-    windowed = x[:, order.to(x.device)]
+    order, _, sizes = _token_order_on(layout, x.device)
+    windowed = x[:, order]
     if len(set(sizes)) == 1:
         return [(list(range(len(sizes))), windowed.view(batch * len(sizes), sizes[0], channels))]
     chunks = torch.split(windowed, sizes, dim=1)
@@ -120,8 +127,8 @@ def partition(x: torch.Tensor, layout: WindowLayout) -> list[tuple[list[int], to
 
 def reverse(groups: list[tuple[list[int], torch.Tensor]], layout: WindowLayout) -> torch.Tensor:
     """Inverse of :func:`partition`: put windows back and undo the roll, (B, H*W, C)."""
-    _, inverse, sizes = _token_order(layout)
     first_ids, first = groups[0]
+    _, inverse, sizes = _token_order_on(layout, first.device)
     batch, channels = first.shape[0] // len(first_ids), first.shape[-1]
     if len(groups) == 1:
         windowed = first.reshape(batch, -1, channels)
@@ -131,7 +138,7 @@ def reverse(groups: list[tuple[list[int], torch.Tensor]], layout: WindowLayout) 
             per_window = tensor.view(batch, len(ids), -1, channels)
             chunks.update({window_id: per_window[:, n] for n, window_id in enumerate(ids)})
         windowed = torch.cat([chunks[i] for i in range(len(sizes))], dim=1)
-    return windowed[:, inverse.to(windowed.device)]
+    return windowed[:, inverse]
 
 
 def windowed_attention(

@@ -29,9 +29,13 @@ def test_anything_else_prints_the_usage():
 def test_bench_defaults_to_a_size_a_small_cpu_finishes(monkeypatch):
     import hidiff.__main__ as cli
 
-    seen = {}
-    monkeypatch.setattr(cli.runpy, "run_path", lambda path, run_name: seen.update(argv=list(sys.argv)))
-    assert cli.main(["bench", "--configs", "off"]) == 0
-    assert seen["argv"][1:] == ["--size", cli.DEFAULT_SIZE, "--configs", "off"]
-    assert cli.main(["bench", "--size", "1024x1024"]) == 0
-    assert seen["argv"][1:] == ["--size", "1024x1024"]
+    calls = []
+    monkeypatch.setattr(cli.runpy, "run_path", lambda path, run_name: calls.append((Path(path).name, sys.argv[1:])))
+    assert cli.main(["bench", "--configs", "off", "--model", "sdxl", "--steps", "8"]) == 0
+    unet_call, schedule = calls
+    assert unet_call == ("unet_call.py", ["--size", cli.DEFAULT_SIZE, "--configs", "off", "--model", "sdxl"])
+    assert schedule[0] == "schedule.py"
+    assert schedule[1][:4] == ["--steps", "8", "--size", "256x256"] and schedule[1][-2:] == ["--model", "sdxl"]
+    calls.clear()
+    assert cli.main(["bench", "--size", "1024x1024", "--no-schedule"]) == 0
+    assert calls == [("unet_call.py", ["--size", "1024x1024"])]

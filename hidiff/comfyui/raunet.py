@@ -33,7 +33,6 @@ from ..core.raunet import (
     CA_DOWNSCALE_METHODS,
     TWO_STAGE_MODES,
     UPSCALE_METHODS,
-    after_skip_pairs,
     ca_downscale,
     faded_factor,
     fadeout_strength,
@@ -302,7 +301,7 @@ def rad_pairs(settings: RauNetSettings, unet: UNetMap) -> dict[int, int]:
 def ca_pairs(settings: RauNetSettings, unet: UNetMap) -> dict[int, int]:
     """The CA shrink -> restore pairs, checked against the model (after-skip pairs differ)."""
     if settings.ca_input_after_skip_mode:
-        valid, why = after_skip_pairs(unet), "has no output block that pops its skip"
+        valid, why = unet.after_skip_pairs(), "has no output block that pops its skip"
     else:
         valid = unet.pool_pairs()
         why = "cannot be shrunk before its skip (it ends in a Downsample, or it is conv_in)"

@@ -24,8 +24,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F  # noqa: N812 (torch convention)
 
-from .unet_map import UNetMap
-
 UPSCALE_METHODS = ("bicubic", "bislerp", "bilinear", "nearest-exact", "nearest", "area")
 """Resampling methods, in the seed pack's order (saved workflows store the names)."""
 TWO_STAGE_MODES = ("disabled", *UPSCALE_METHODS)
@@ -173,14 +171,3 @@ def sigma_to_percent(sigma: float, percent_to_sigma: Callable[[float], float], i
         else:
             high = mid
     return (low + high) / 2
-
-
-def after_skip_pairs(unet: UNetMap) -> dict[int, int]:
-    """{input block: output block} for a CA downscale applied after the skip is stored.
-
-    The skip of input k keeps its full size and only the map that flows on is shrunk,
-    so the output block that pops that skip (n - 1 - k) is the first to see mismatched
-    sizes and restores there, as Deep Shrink does.
-    """
-    n = len(unet.input_blocks)
-    return {b.index: n - 1 - b.index for b in unet.input_blocks if 0 <= n - 1 - b.index < len(unet.output_blocks)}

@@ -11,7 +11,9 @@ Pairing rules, with n = number of input blocks (equal to the number of output bl
 * a Downsample at input k is undone by the Upsample at output n - 1 - k (the output
   block whose Upsample returns to the level the Downsample left);
 * a map pooled after input k (before its skip is stored) is restored at output n - k,
-  the block that pops the still full-size skip of input k - 1.
+  the block that pops the still full-size skip of input k - 1;
+* a map shrunk after its skip is stored (Deep Shrink style) is restored at output
+  n - 1 - k, the block that pops that skip.
 """
 
 from __future__ import annotations
@@ -107,6 +109,16 @@ class UNetMap:
             for b in self.input_blocks[1:]
             if not b.downsample and n - b.index < len(self.output_blocks)
         }
+
+    def after_skip_pairs(self) -> dict[int, int]:
+        """{input block: output block} for a map shrunk after its skip is stored.
+
+        The skip of input k keeps its full size, so the output block that pops it
+        (n - 1 - k) is the first to see mismatched sizes and restores there, as Deep
+        Shrink does.
+        """
+        n = len(self.input_blocks)
+        return {b.index: n - 1 - b.index for b in self.input_blocks if 0 <= n - 1 - b.index < len(self.output_blocks)}
 
     def highest_attention_level(self) -> int | None:
         """The finest resolution level that has image self-attention."""

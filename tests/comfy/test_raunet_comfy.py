@@ -705,5 +705,5 @@ def test_the_documented_pairs_come_from_the_structure(rn):
         assert docs[row] == {
             "rad": rn.pairs_text(unet.downsample_pairs()),
             "ca": rn.pairs_text(unet.pool_pairs()),
-            "after_skip": rn.pairs_text(rn.after_skip_pairs(unet)),
+            "after_skip": rn.pairs_text(unet.after_skip_pairs()),
         }

@@ -13,7 +13,6 @@ from hidiff.core.raunet import (
     CA_DOWNSCALE_METHODS,
     UPSCALE_METHODS,
     ResizeError,
-    after_skip_pairs,
     ca_downscale,
     downscaled_size,
     faded_factor,
@@ -183,7 +182,7 @@ def test_pairs_follow_the_structure():
     unet = sd15_like_map()
     assert unet.downsample_pairs() == {3: 8, 6: 5, 9: 2}
     assert unet.pool_pairs()[4] == 8 and unet.pool_pairs()[1] == 11
-    assert after_skip_pairs(unet) == {k: 11 - k for k in range(12)}
+    assert unet.after_skip_pairs() == {k: 11 - k for k in range(12)}
 
 
 def test_simple_presets_are_the_seeds():

@@ -9,53 +9,24 @@ transformer_options, sample_sigmas, wrappers and CFG batching are all real.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
-
-def comfyui_path() -> Path:
-    """Where the tests look for ComfyUI."""
-    return Path(os.environ.get("COMFYUI_PATH") or "~/comfy/ComfyUI").expanduser().resolve()
-
-
-def comfyui_available() -> bool:
-    root = comfyui_path()
-    return (root / "comfy" / "model_patcher.py").is_file() and (root / "nodes.py").is_file()
+# Shared with the benchmark, so both see ComfyUI and the pack the same way.
+from hidiff.bench.comfy_env import comfyui_available, comfyui_path, load_pack  # noqa: E402, F401
 
 
 def import_comfyui() -> None:
-    """Put ComfyUI on sys.path and import it in CPU mode (before model_management loads)."""
-    root = str(comfyui_path())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    import comfy.cli_args
-    import comfy.options  # noqa: F401  (must come first: it owns args_parsing)
+    """Put ComfyUI on sys.path and import it in CPU mode (tests never use a GPU)."""
+    from hidiff.bench.comfy_env import import_comfyui as import_it
 
-    comfy.cli_args.args.cpu = True
-    import comfy.model_management  # noqa: F401
-    import nodes  # noqa: F401
-
-
-_PACK: dict | None = None
-
-
-def load_pack() -> dict:
-    """Load this repo as a custom node pack with ComfyUI's loader; return the node registry."""
-    global _PACK
-    if _PACK is None:
-        import nodes
-
-        ok = asyncio.run(nodes.load_custom_node(str(REPO_ROOT), ignore=set(), module_parent="custom_nodes"))
-        if not ok:
-            raise RuntimeError("ComfyUI could not load the pack; see the log above")
-        _PACK = nodes.NODE_CLASS_MAPPINGS
-    return _PACK
+    import_it(cpu=True)
 
 
 def pack_module(name: str):

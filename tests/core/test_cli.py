@@ -1,24 +1,37 @@
-"""``python -m hidiff bench``: the README's main job is wired to the benchmark script."""
+"""``python -m hidiff bench``: the README's main job, its options and its defaults."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from hidiff.bench import cli
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
+def run(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "hidiff", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "hidiff", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
     )
 
 
-def test_bench_help_comes_from_the_benchmark_script():
+def test_bench_help_lists_the_options_and_the_defaults_per_device():
     result = run("bench", "--help")
     assert result.returncode == 0
-    assert "--size" in result.stdout and "--configs" in result.stdout and "--json" in result.stdout
+    for option in ("--size", "--model", "--steps", "--schedule-size", "--configs", "--json", "--chart", "--cpu"):
+        assert option in result.stdout
+    assert "on a CPU: --size 512x512" in " ".join(result.stdout.split())
 
 
 def test_anything_else_prints_the_usage():
@@ -26,16 +39,37 @@ def test_anything_else_prints_the_usage():
     assert result.returncode == 2 and result.stderr.startswith("usage: python -m hidiff bench")
 
 
-def test_bench_defaults_to_a_size_a_small_cpu_finishes(monkeypatch):
-    import hidiff.__main__ as cli
+def test_missing_comfyui_is_a_clear_message_not_a_traceback(tmp_path):
+    result = run("bench", COMFYUI_PATH=str(tmp_path))
+    assert result.returncode == 2
+    assert f"ComfyUI not found at {tmp_path}" in result.stderr and "Traceback" not in result.stderr
 
-    calls = []
-    monkeypatch.setattr(cli.runpy, "run_path", lambda path, run_name: calls.append((Path(path).name, sys.argv[1:])))
-    assert cli.main(["bench", "--configs", "off", "--model", "sdxl", "--steps", "8"]) == 0
-    unet_call, schedule = calls
-    assert unet_call == ("unet_call.py", ["--size", cli.DEFAULT_SIZE, "--configs", "off", "--model", "sdxl"])
-    assert schedule[0] == "schedule.py"
-    assert schedule[1][:4] == ["--steps", "8", "--size", "256x256"] and schedule[1][-2:] == ["--model", "sdxl"]
-    calls.clear()
-    assert cli.main(["bench", "--size", "1024x1024", "--no-schedule"]) == 0
-    assert calls == [("unet_call.py", ["--size", "1024x1024"])]
+
+def test_cpu_defaults_are_small_and_gpu_defaults_are_the_headline_size():
+    assert cli.CPU_DEFAULTS.size == (512, 512) and cli.CPU_DEFAULTS.schedule_size[0] <= 256
+    assert cli.GPU_DEFAULTS.size == (1024, 1024) and cli.GPU_DEFAULTS.repeats > 1
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("1024x768", (1024, 768)), ("512", (512, 512)), ("2048*1024", (2048, 1024))]
+)
+def test_sizes_are_width_by_height_in_pixels(text, size):
+    assert cli.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["1000x1000x8", "abc", "0x512", "513x512"])
+def test_bad_sizes_name_the_expected_form(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.parse_size(text)
+
+
+def test_configs_run_in_canonical_order_and_unknown_ones_are_named():
+    assert cli.parse_configs("both,off") == ["off", "both"]
+    with pytest.raises(argparse.ArgumentTypeError, match="choose from off,msw,raunet,both"):
+        cli.parse_configs("off,fast")
+
+
+def test_counts_below_their_minimum_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["--repeats", "0"])
+    assert "must be at least 1" in capsys.readouterr().err

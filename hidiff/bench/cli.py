@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--configs", type=parse_configs, default=list(CONFIG_NAMES), help="comma list of off,msw,raunet,both")
     add("--batch", type=_positive(1), default=1, help="latent batch of the one-call table (default 1)")
     add("--warmup", type=_positive(0), help="untimed calls per configuration (default per device)")
-    add("--repeats", type=_positive(1), help="timed calls per configuration; the table shows the mean")
+    add("--repeats", type=_positive(0), help="timed calls per configuration, shown as the mean (0: FLOPs only)")
     add("--no-flops", action="store_true", help="skip the FLOP count")
     add("--steps", type=_positive(1), default=SCHEDULE_STEPS, help="steps of the whole run (default 20)")
     add("--schedule-size", type=parse_size, help="image WIDTHxHEIGHT of the whole run (default per device)")
@@ -171,6 +171,8 @@ def run_benchmarks(args: argparse.Namespace, pack: dict, load_start: float | Non
     device = mm.get_torch_device()
     defaults = CPU_DEFAULTS if device.type == "cpu" else GPU_DEFAULTS
     size = args.size or defaults.size
+    warmup = defaults.warmup if args.warmup is None else args.warmup
+    repeats = defaults.repeats if args.repeats is None else args.repeats
     spec = MODELS[args.model]
     dtype = None if args.dtype == "auto" else getattr(torch, DTYPES[args.dtype])
     progress(f"building {spec.title} with random weights")
@@ -183,8 +185,8 @@ def run_benchmarks(args: argparse.Namespace, pack: dict, load_start: float | Non
         configs=args.configs,
         batch=args.batch,
         seed=args.seed,
-        warmup=defaults.warmup if args.warmup is None else args.warmup,
-        repeats=args.repeats or defaults.repeats,
+        warmup=warmup,
+        repeats=repeats,
         count_flops=not args.no_flops,
         progress=progress,
     )
@@ -210,8 +212,8 @@ def run_benchmarks(args: argparse.Namespace, pack: dict, load_start: float | Non
         "latent": [size[1] // 8, size[0] // 8],
         "batch": args.batch,
         "sigma": float(unet_call.make_inputs(base, spec, 8, 8, 1, 0).sigmas[0]),
-        "warmup": defaults.warmup if args.warmup is None else args.warmup,
-        "repeats": args.repeats or defaults.repeats,
+        "warmup": warmup,
+        "repeats": repeats,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "attention": getattr(comfy_attention.optimized_attention, "__name__", "?"),

@@ -162,7 +162,8 @@ def measure(
             result.seconds.append(time.perf_counter() - start)
             keep_output(out)
             progress(f"{name}: {result.seconds[-1]:.3f} s")
-        result.peak_memory_bytes = memory.peak_bytes()
+        if repeats:
+            result.peak_memory_bytes = memory.peak_bytes()
         return x
 
     with torch.inference_mode():

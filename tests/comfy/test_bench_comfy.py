@@ -143,6 +143,13 @@ def test_json_to_stdout_replaces_the_tables(pack, monkeypatch, capsys):
     assert document["unet_call"][1]["gflop"] is None and "schedule" not in document
 
 
+def test_repeats_zero_counts_flops_without_timing(pack, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "MODELS", {"sd15": TINY["sd15"]})
+    assert cli.main(["--size", "128x128", "--configs", "off,raunet", "--repeats", "0", "--no-schedule", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["unet_call"]
+    assert [row["seconds"] for row in rows] == [[], []] and rows[1]["flop_ratio_vs_off"] > 1.0
+
+
 def test_a_failing_node_is_reported_in_its_row_and_the_others_still_run(pack, monkeypatch):
     spec = replace(TINY["sd15"], msw_input="1,x")
     base = models.build_model(spec, seed=0)

@@ -71,5 +71,5 @@ def test_configs_run_in_canonical_order_and_unknown_ones_are_named():
 
 def test_counts_below_their_minimum_are_refused(capsys):
     with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["--repeats", "0"])
+        cli.build_parser().parse_args(["--batch", "0"])
     assert "must be at least 1" in capsys.readouterr().err

@@ -25,8 +25,7 @@ from typing import Any
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ..core.schedule import current_sigma
-from .run_state import install_run_state, run_state
+from .run_state import install_run_state, run_state, sigma_of
 
 EFFECT = "hidiffusion_controlnet"
 STASH_KEY = "hidiffusion_control_stash"
@@ -87,8 +86,10 @@ class ControlWrapper:
         transformer_options: dict,
         **kwargs: Any,
     ) -> Any:
-        sigma = current_sigma(transformer_options.get("sigmas"))
-        if not control or sigma is None or not self.is_active(sigma):
+        if not control:
+            return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        sigma = sigma_of(transformer_options, EFFECT)
+        if sigma is None or not self.is_active(sigma):
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         stash = ControlStash(control, self.resize)
         blank = {name: [None] * len(values) for name, values in stash.lists.items()}

@@ -18,13 +18,13 @@ import comfy.ldm.modules.attention as comfy_attention
 import torch
 
 from ..core.blocks import format_block_list, parse_block_list
-from ..core.schedule import TIME_MODES, SigmaRange, current_sigma, sigma_range
+from ..core.schedule import TIME_MODES, SigmaRange, sigma_range
 from ..core.unet_map import UNetMap
 from ..core.windows import WindowLayout, window_layout, windowed_attention
 from ..log import logger
 from .model_info import percent_to_sigma, unet_map_of
 from .params import ParameterError, parse_yaml_parameters, require_bool, require_choice, require_number
-from .run_state import RunState, install_run_state, run_state
+from .run_state import RunState, install_run_state, run_state, sigma_of
 
 EFFECT = "hidiffusion_msw_msa"
 BLOCK_KINDS = ("input", "middle", "output")
@@ -124,8 +124,10 @@ class MswMsaAttention:
     def layout_for(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> WindowLayout | None:
         """The window layout of this call, or None to run it unpatched."""
         block = extra_options.get("block")
-        sigma = current_sigma(extra_options.get("sigmas"))
-        if block is None or tuple(block[:2]) not in self.blocks or sigma is None or not self.time.contains(sigma):
+        if block is None or tuple(block[:2]) not in self.blocks:
+            return None
+        sigma = sigma_of(extra_options, EFFECT)
+        if sigma is None or not self.time.contains(sigma):
             return None
         state = run_state(extra_options, EFFECT)
         name = f"{block[0]} block {block[1]}"

@@ -13,8 +13,11 @@
   ``h`` to exactly the skip's size whenever the two differ. It keeps no state, so a run
   that fails half-way leaves nothing behind.
 
-Every decision is made per call from the sigma in ``transformer_options``. All patch
-objects are immutable and survive ``ModelPatcher.clone``'s deep copy as themselves.
+Every decision is made per call from the sigma in ``transformer_options`` (read once per
+UNet call through the run state). All patch objects are immutable and survive
+``ModelPatcher.clone``'s deep copy as themselves. A run whose middle block would end up
+too small for core SAG or FreeU V2 is refused before its first step where the sizes can
+be foreseen (:class:`MiddleBlockCheck`), and stopped by :class:`MiddleBlockGuard` otherwise.
 """
 
 from __future__ import annotations
@@ -34,21 +37,24 @@ from ..core.raunet import (
     TWO_STAGE_MODES,
     UPSCALE_METHODS,
     ca_downscale,
+    downscaled_size,
     faded_factor,
     fadeout_strength,
     is_whole,
+    rad_size,
     resize,
     resolution_aware_downsample,
     sigma_to_percent,
     upscale,
 )
-from ..core.schedule import MAX_TIMESTEP, TIME_MODES, SigmaRange, TimeMode, current_sigma, sigma_range
+from ..core.schedule import MAX_TIMESTEP, TIME_MODES, SigmaRange, TimeMode, sigma_range
 from ..core.unet_map import UNetMap
 from ..log import logger
 from .controlnet import DEFAULT_RESIZE_MODE, install_control_bridge, remove_control_bridge
+from .controlnet import EFFECT as CONTROL_EFFECT
 from .model_info import percent_to_sigma, unet_map_of
 from .params import ParameterError, parse_yaml_parameters, require_bool, require_choice, require_number
-from .run_state import RunState, install_run_state, run_state
+from .run_state import RunState, install_run_state, run_state, sigma_of
 
 EFFECT = "hidiffusion_raunet"
 DEEP_SHRINK = "PatchModelAddDownscale.execute"
@@ -322,12 +328,13 @@ def _block_of(options: dict) -> tuple[str, int] | None:
     return (block[0], int(block[1])) if block is not None else None
 
 
-def _is_active(options: dict, kind: str, blocks: frozenset[int], time: SigmaRange) -> bool:
+def _active_sigma(options: dict, kind: str, blocks: frozenset[int], time: SigmaRange) -> float | None:
+    """The call's sigma when it is on one of ``blocks`` of ``kind`` and inside ``time``; else None."""
     block = _block_of(options)
     if block is None or block[0] != kind or block[1] not in blocks:
-        return False
-    sigma = current_sigma(options.get("sigmas"))
-    return sigma is not None and time.contains(sigma)
+        return None
+    sigma = sigma_of(options, EFFECT)
+    return sigma if sigma is not None and time.contains(sigma) else None
 
 
 def _size(t: torch.Tensor) -> str:
@@ -357,7 +364,7 @@ class ResolutionAwareDownsample(_Immutable):
     def __call__(
         self, layer: Any, x: torch.Tensor, emb: Any, context: Any, transformer_options: dict, *args: Any
     ) -> Any:
-        if not _is_active(transformer_options, "input", self.blocks, self.time):
+        if _active_sigma(transformer_options, "input", self.blocks, self.time) is None:
             return _pass_on(self, layer, x, emb, context, transformer_options, *args)
         out = resolution_aware_downsample(layer, x)
         state = run_state(transformer_options, EFFECT)
@@ -452,13 +459,19 @@ class CaDownscale(_Immutable):
             f"CaDownscale(blocks={sorted(self.blocks)}, time={self.time}, factors={self.factors}, mode={self.mode!r})"
         )
 
-    def __call__(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
-        if not _is_active(transformer_options, "input", self.blocks, self.time):
-            return h
+    def factors_at(self, sigma: float) -> tuple[float, float]:
+        """The (height, width) factors of a call at ``sigma`` (moved towards 1 by the fadeout)."""
         factor_h, factor_w = self.factors
         if self.fadeout is not None:
-            strength = self.fadeout.strength(current_sigma(transformer_options["sigmas"]))
+            strength = self.fadeout.strength(sigma)
             factor_h, factor_w = faded_factor(factor_h, strength), faded_factor(factor_w, strength)
+        return factor_h, factor_w
+
+    def __call__(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+        sigma = _active_sigma(transformer_options, "input", self.blocks, self.time)
+        if sigma is None:
+            return h
+        factor_h, factor_w = self.factors_at(sigma)
         out = ca_downscale(h, factor_h, factor_w, self.mode, _bislerp)
         state = run_state(transformer_options, EFFECT)
         _warn_runtime_conflicts(state, transformer_options)
@@ -608,6 +621,31 @@ def _has_freeu_v2(options: dict) -> bool:
     return any(getattr(patch, "__qualname__", "").startswith(FREEU_V2) for patch in patches)
 
 
+def middle_block_problem(tokens: int, height: int, width: int, options: dict) -> str | None:
+    """What fails on a middle block of ``tokens`` tokens for a height x width latent, or None.
+
+    ``options`` is the run's transformer_options, where core SAG and FreeU V2 leave their patches.
+    """
+    # SAG itself skips latents with a side of 4 or less.
+    if min(height, width) > 4 and _has_sag(options) and not sag_reads_grid(tokens, height, width):
+        return (
+            f"Self-Attention Guidance (SAG) cannot rebuild its attention map from {tokens} token(s); "
+            "use Perturbed-Attention Guidance instead of SAG"
+        )
+    if tokens == 1 and _has_freeu_v2(options):
+        return "FreeU V2 cannot normalise a 1x1 map (the image would be NaN); use FreeU instead of FreeU V2"
+    return None
+
+
+def middle_block_error(height: int, width: int, middle: tuple[int, int], problem: str) -> ParameterError:
+    """The error that stops a run whose middle block RAU-Net shrinks too far for another node."""
+    return ParameterError(
+        f"RAU-Net: on this {height}x{width} latent RAU-Net shrinks the middle block to {middle[0]}x{middle[1]} "
+        f"while it is active, and {problem}, a larger image (RAU-Net is meant for sizes above the model's native "
+        "one), or RAU-Net without the CA downscale"
+    )
+
+
 class MiddleBlockGuard(_Immutable):
     """Output block patch for two core nodes that fail on a tiny middle block.
 
@@ -617,6 +655,10 @@ class MiddleBlockGuard(_Immutable):
     normalises by max - min of the map, 0 on a 1x1 map). This stops the run first, with
     the sizes and what to do. Both nodes may be added after RAU-Net, so it is checked
     while sampling. Never changes ``h``.
+
+    :class:`MiddleBlockCheck` refuses most such runs before their first step; this guard
+    stays for the calls it cannot foresee (another node changing the sizes, a sampler
+    that picks its own sigmas, area conditioning).
     """
 
     def __init__(self, active: Callable[[float], bool]) -> None:
@@ -630,27 +672,105 @@ class MiddleBlockGuard(_Immutable):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if _block_of(transformer_options) != ("output", 0):
             return h, hsp
-        sigma = current_sigma(transformer_options.get("sigmas"))
+        sigma = sigma_of(transformer_options, EFFECT)
         if sigma is None or not self.active(sigma):
             return h, hsp
         height, width = (int(side) for side in transformer_options.get("original_shape", [0, 0])[-2:])
-        tokens = h.shape[-2] * h.shape[-1]
-        problem = None
-        # SAG itself skips latents with a side of 4 or less.
-        if min(height, width) > 4 and _has_sag(transformer_options) and not sag_reads_grid(tokens, height, width):
-            problem = (
-                f"Self-Attention Guidance (SAG) cannot rebuild its attention map from {tokens} token(s); "
-                "use Perturbed-Attention Guidance instead of SAG"
-            )
-        elif tokens == 1 and _has_freeu_v2(transformer_options):
-            problem = "FreeU V2 cannot normalise a 1x1 map (the image would be NaN); use FreeU instead of FreeU V2"
+        problem = middle_block_problem(h.shape[-2] * h.shape[-1], height, width, transformer_options)
         if problem is None:
             return h, hsp
-        raise ParameterError(
-            f"RAU-Net: on this {height}x{width} latent RAU-Net shrinks the middle block to {_size(h)} while it is "
-            f"active, and {problem}, a larger image (RAU-Net is meant for sizes above the model's native one), "
-            "or RAU-Net without the CA downscale"
-        )
+        raise middle_block_error(height, width, (h.shape[-2], h.shape[-1]), problem)
+
+
+_SIZE_PATCHES = ("input_block_patch", "input_block_patch_after_skip", _FTE_PATCH)
+"""Patch lists whose entries run before the middle block and may change the map's size."""
+
+
+class MiddleBlockCheck(_Immutable):
+    """The :class:`MiddleBlockGuard`'s check at the start of a run, before any step.
+
+    RAU-Net's own patches set the middle block's size from the latent size and the sigma
+    alone: a Downsample takes a side s to ceil(s / 2), or ceil(s / 4) under RAD, and the
+    CA downscale to ceil(s / factor). With the latent (the noise) and the schedule known
+    when sampling starts, the size at every step follows, and a run that the guard would
+    stop is refused before its first step, with the same message.
+
+    It only speaks where that is exact, and leaves the rest to the guard: not when
+    another node patches the input side (Deep Shrink, a foreign Downsample handler or an
+    object patch on an input block may change the sizes), nor when the CA downscale is
+    restored at output block 0 (the guard then sees the restored map). Stock samplers of
+    ``comfy.k_diffusion.sampling`` run the model at every step's sigma, so every step is
+    checked; other samplers (dpm_fast, dpm_adaptive, custom ones) may pick their own
+    sigmas, so only the first step, where every sampler starts, is checked for them.
+    """
+
+    def __init__(
+        self,
+        downsamples: Iterable[int],
+        inputs: int,
+        rad: ResolutionAwareDownsample | None,
+        ca: CaDownscale | None,
+        ca_restores: Iterable[int],
+        active: Callable[[float], bool],
+    ) -> None:
+        self.downsamples = frozenset(downsamples)
+        self.inputs = inputs
+        self.rad = rad
+        self.ca = ca
+        self.ca_restores = frozenset(ca_restores)
+        self.active = active
+
+    def __repr__(self) -> str:
+        return "MiddleBlockCheck()"
+
+    def middle_size(self, height: int, width: int, sigma: float) -> tuple[int, int]:
+        """The middle block's size for a height x width latent at ``sigma`` (RAU-Net's patches only)."""
+        size = (height, width)
+        for index in range(self.inputs):
+            if index in self.downsamples:
+                rad = self.rad is not None and index in self.rad.blocks and self.rad.time.contains(sigma)
+                size = (rad_size(size[0]), rad_size(size[1])) if rad else (-(-size[0] // 2), -(-size[1] // 2))
+            if self.ca is not None and index in self.ca.blocks and self.ca.time.contains(sigma):
+                factor_h, factor_w = self.ca.factors_at(sigma)
+                size = (downscaled_size(size[0], factor_h), downscaled_size(size[1], factor_w))
+        return size
+
+    def exact(self, guider: Any) -> bool:
+        """Whether RAU-Net alone sets the sizes up to output block 0 in this run."""
+        if 0 in self.ca_restores:
+            return False
+        patches = guider.model_options.get("transformer_options", {}).get("patches", {})
+        for name in _SIZE_PATCHES:
+            for entry in patches.get(name, []):
+                patch = entry[1] if name == _FTE_PATCH else entry
+                if getattr(patch, "hidiffusion_effect", None) not in (EFFECT, CONTROL_EFFECT):
+                    return False
+        object_patches = getattr(getattr(guider, "model_patcher", None), "object_patches", {})
+        prefixes = ("diffusion_model.input_blocks.", "diffusion_model.middle_block")
+        return not any(key.startswith(prefixes) and not _is_own(obj) for key, obj in object_patches.items())
+
+    def __call__(self, guider: Any, noise: Any, sampler: Any, state: RunState) -> None:
+        shape = getattr(noise, "shape", ())
+        if len(shape) != 4 or not state.schedule or not self.exact(guider):
+            return
+        options = guider.model_options.get("transformer_options", {})
+        if not (_has_sag(options) or _has_freeu_v2(options)):
+            return
+        height, width = int(shape[-2]), int(shape[-1])
+        steps = state.schedule[:-1]
+        if getattr(getattr(sampler, "sampler_function", None), "__module__", None) != _STEPPING_SAMPLERS:
+            steps = steps[:1]
+        for sigma in steps:
+            if sigma <= 0 or not self.active(sigma):
+                continue
+            middle = self.middle_size(height, width, sigma)
+            problem = middle_block_problem(middle[0] * middle[1], height, width, options)
+            if problem is not None:
+                raise middle_block_error(height, width, middle, problem)
+
+
+_STEPPING_SAMPLERS = "comfy.k_diffusion.sampling"
+"""The module of the stock samplers that run the model at every sigma of the schedule."""
 
 
 # --- applying --------------------------------------------------------------------------
@@ -740,14 +860,17 @@ def apply_raunet(model: Any, settings: RauNetSettings) -> Any:
         # Before our own block patches: residuals are added where apply_control adds them.
         active = _ActiveTimes(rad_time if rad else None, ca_time if ca else None)
         install_control_bridge(patched, active, _Resampler(settings.controlnet_resize_mode))
+    rad_handler = ca_handler = check = None
     if rad:
         _warn_foreign_downsample_handler(patches.get(_FTE_PATCH, []))
-        _install_rad(patched, rad, rad_time, settings)
+        rad_handler = _install_rad(patched, rad, rad_time, settings)
     if ca:
-        _install_ca(patched, ca, ca_time, settings, to_sigma)
+        ca_handler = _install_ca(patched, ca, ca_time, settings, to_sigma)
     if rad or ca:
         patched.set_model_output_block_patch(MiddleBlockGuard(active))
-    install_run_state(patched, EFFECT)
+        downsamples = [b.index for b in unet.input_blocks if b.downsample]
+        check = MiddleBlockCheck(downsamples, len(unet.input_blocks), rad_handler, ca_handler, ca.values(), active)
+    install_run_state(patched, EFFECT, check)
     _log_result(settings, rad, ca)
     return patched
 
@@ -789,15 +912,20 @@ def _pairs_if_used(part: str, check: Any, settings: RauNetSettings, unet: UNetMa
     return {} if time.disabled else pairs
 
 
-def _install_rad(patched: Any, rad: dict[int, int], time: SigmaRange, settings: RauNetSettings) -> None:
+def _install_rad(
+    patched: Any, rad: dict[int, int], time: SigmaRange, settings: RauNetSettings
+) -> ResolutionAwareDownsample:
     handler = ResolutionAwareDownsample(rad, time, settings.verbose)
     patched.set_model_forward_timestep_embed_patch((Downsample, handler))
     if settings.upscale_mode != "nearest" or settings.two_stage_upscale_mode != "disabled":
         for block in rad.values():
             _patch_upsample(patched, block, settings)
+    return handler
 
 
-def _install_ca(patched: Any, ca: dict[int, int], time: SigmaRange, settings: RauNetSettings, to_sigma: Any) -> None:
+def _install_ca(
+    patched: Any, ca: dict[int, int], time: SigmaRange, settings: RauNetSettings, to_sigma: Any
+) -> CaDownscale:
     factors = (settings.ca_downscale_factor, settings.factor_w)
     down = CaDownscale(ca, time, factors, settings.ca_downscale_mode, _fadeout(settings, to_sigma), settings.verbose)
     if settings.ca_input_after_skip_mode:
@@ -805,6 +933,7 @@ def _install_ca(patched: Any, ca: dict[int, int], time: SigmaRange, settings: Ra
     else:
         patched.set_model_input_block_patch(down)
     patched.set_model_output_block_patch(CaRestore(ca.values(), settings.ca_upscale_mode, settings.verbose))
+    return down
 
 
 def _log_result(settings: RauNetSettings, rad: dict[int, int], ca: dict[int, int]) -> None:

@@ -707,3 +707,129 @@ def test_the_documented_pairs_come_from_the_structure(rn):
             "ca": rn.pairs_text(unet.pool_pairs()),
             "after_skip": rn.pairs_text(unet.after_skip_pairs()),
         }
+
+
+# --- a middle block too small for SAG or FreeU V2 ------------------------------------------------
+
+
+def middle_block_check(rn, model):
+    """The check RAU-Net's run-state wrapper makes before the first step."""
+    from comfy.patcher_extension import WrappersMP
+
+    (wrapper,) = model.get_wrappers(WrappersMP.OUTER_SAMPLE, rn.EFFECT)
+    return wrapper.before_run
+
+
+@pytest.mark.parametrize(
+    ("family", "size", "yaml", "overrides"),
+    [
+        ("sd15", (21, 29), None, {}),
+        ("sd15", (37, 53), None, {"ca_start_time": 0.2, "ca_end_time": 0.8}),
+        ("sd15", (24, 40), "ca_input_after_skip_mode: true", {"ca_output_blocks": "7"}),
+        ("sd15", (45, 31), "ca_downscale_factor_w: 3.0", {"ca_downscale_factor": 1.5, "ca_downscale_mode": "bicubic"}),
+        ("sd15", (33, 47), "ca_fadeout_start_time: 0.1", {"ca_end_time": 0.7, "ca_downscale_factor": 3.0}),
+        (
+            "sdxl",
+            (45, 29),
+            None,
+            {"input_blocks": "3,6", "output_blocks": "2,5", "ca_input_blocks": "4", "ca_output_blocks": "5"},
+        ),
+    ],
+)
+def test_the_planned_middle_block_is_the_one_sampling_gives(nodes, rn, family, size, yaml, overrides):
+    """The check before the first step works the middle block's size out from the latent and
+    the sigma; at every step it is the size the UNet really has there."""
+    settings = {"end_time": 0.7, **overrides}
+    patched = apply(nodes, tiny_model(family), yaml_parameters=yaml, **settings)
+    check = middle_block_check(rn, patched)
+    clone, records = recorded(patched)
+    steps = 5
+    sample(clone, family, *size, steps=steps)
+    for sigma in sigmas_of(patched, steps)[:-1]:
+        assert sizes_at(records, sigma)[("output", 0)].h == check.middle_size(*size, sigma), sigma
+
+
+LATE = {"start_time": 0.2, "end_time": 0.6, "ca_start_time": 0.2, "ca_end_time": 0.5}
+"""RAU-Net only from the second of 4 steps: the first step runs unpatched."""
+
+
+def freeu_v2(model):
+    from comfy_extras.nodes_freelunch import FreeU_V2
+
+    return FreeU_V2().patch(model, 1.3, 1.4, 0.9, 0.2)[0]
+
+
+def sag(model):
+    from comfy_extras.nodes_sag import SelfAttentionGuidance
+
+    return SelfAttentionGuidance.execute(model, 0.8, 2.0).result[0]
+
+
+def unet_calls(model):
+    """A clone that counts its UNet calls."""
+    from comfy.patcher_extension import WrappersMP
+
+    calls: list[int] = []
+
+    def count(executor, *args, **kwargs):
+        calls.append(1)
+        return executor(*args, **kwargs)
+
+    clone = model.clone()
+    clone.add_wrapper_with_key(WrappersMP.APPLY_MODEL, "test_count", count)
+    return clone, calls
+
+
+TOO_SMALL = [
+    (freeu_v2, (21, 29), "FreeU V2 cannot normalise a 1x1 map", "middle block to 1x1"),
+    (sag, (24, 40), "Self-Attention Guidance (SAG) cannot rebuild its attention map from 2 token(s)", "to 1x2"),
+]
+
+
+@pytest.mark.parametrize(("other", "size", "problem", "middle"), TOO_SMALL, ids=["freeu_v2", "sag"])
+@pytest.mark.parametrize("order", ["other_first", "other_last"])
+def test_a_middle_block_too_small_for_another_node_is_refused_before_the_first_step(
+    nodes, other, size, problem, middle, order
+):
+    model = tiny_model("sd15")
+    both = apply(nodes, other(model), **LATE) if order == "other_first" else other(apply(nodes, model, **LATE))
+    counted, calls = unet_calls(both)
+    with pytest.raises(ValueError) as error:
+        sample(counted, "sd15", *size, steps=4)
+    assert calls == []  # refused before any step, though RAU-Net only acts from the second one
+    message = str(error.value)
+    assert problem in message and f"{size[0]}x{size[1]} latent" in message and middle in message
+
+
+def foreign_input_patch(model):
+    """Another node's (no-op) input block patch: RAU-Net can no longer know the sizes in advance."""
+    clone = model.clone()
+    clone.set_model_input_block_patch(lambda h, options: h)
+    return clone
+
+
+@pytest.mark.parametrize(("other", "size", "problem", "middle"), TOO_SMALL, ids=["freeu_v2", "sag"])
+@pytest.mark.parametrize("why", ["foreign_input_patch", "uni_pc"])
+def test_where_sizes_cannot_be_foreseen_the_guard_still_stops_the_run(nodes, other, size, problem, middle, why):
+    """Another node on the input side, or a sampler that may pick its own sigmas (only the
+    first step is checked then): the run starts, and the guard stops it at the first step
+    RAU-Net acts, with the same message."""
+    model = other(apply(nodes, tiny_model("sd15"), **LATE))
+    sampler = "euler"
+    if why == "foreign_input_patch":
+        model = foreign_input_patch(model)
+    else:
+        sampler = "uni_pc"
+    counted, calls = unet_calls(model)
+    with pytest.raises(ValueError) as error:
+        sample(counted, "sd15", *size, steps=4, sampler=sampler)
+    assert calls  # the first step ran
+    message = str(error.value)
+    assert problem in message and f"{size[0]}x{size[1]} latent" in message and middle in message
+
+
+def test_a_middle_block_large_enough_is_not_refused(nodes):
+    """FreeU V2 on a 2x2 middle block and SAG on a 3x4 one work; the check lets them run."""
+    model = tiny_model("sd15")
+    assert torch.isfinite(sample(freeu_v2(apply(nodes, model)), "sd15", 37, 53, steps=2)).all()
+    assert torch.isfinite(sample(sag(apply(nodes, model)), "sd15", 45, 61, steps=2)).all()

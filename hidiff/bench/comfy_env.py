@@ -49,7 +49,8 @@ def import_comfyui(*, cpu: bool) -> None:
         import comfy.options  # noqa: F401  (must come first: it owns args_parsing)
 
         if cpu or not _accelerator_present():
-            comfy.cli_args.args.cpu = True
+            # As if ComfyUI had been started with --cpu, through its own argument parser.
+            comfy.cli_args.parser.parse_args(["--cpu"], namespace=comfy.cli_args.args)
     import comfy.model_management  # noqa: F401
     import nodes  # noqa: F401
 

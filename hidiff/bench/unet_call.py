@@ -68,7 +68,6 @@ class Inputs:
 
 def make_inputs(base: Any, spec: ModelSpec, width: int, height: int, batch: int, seed: int) -> Inputs:
     """Noise, an empty latent, random text conditioning and the sigma schedule (``width``/``height`` in px)."""
-    import comfy.samplers
     import torch
 
     generator = torch.Generator().manual_seed(seed + 1)
@@ -76,8 +75,14 @@ def make_inputs(base: Any, spec: ModelSpec, width: int, height: int, batch: int,
     negative = [[torch.zeros_like(positive[0][0]), dict(positive[0][1])]]
     latent = torch.zeros(batch, 4, height // 8, width // 8)
     noise = torch.randn(latent.shape, generator=generator)
-    sigmas = comfy.samplers.calculate_sigmas(base.get_model_object("model_sampling"), "normal", SCHEDULE_STEPS)
-    return Inputs(noise, latent, positive, negative, sigmas)
+    return Inputs(noise, latent, positive, negative, schedule(base))
+
+
+def schedule(base: Any) -> Any:
+    """The sigma schedule handed to the sampler; every call is at its first sigma."""
+    import comfy.samplers
+
+    return comfy.samplers.calculate_sigmas(base.get_model_object("model_sampling"), "normal", SCHEDULE_STEPS)
 
 
 def patched_models(pack: dict, base: Any, spec: ModelSpec, names: list[str]) -> dict[str, Any]:

@@ -204,7 +204,8 @@ def test_freeu(pack, order):
 FREEU_V2_NOTE = (
     "Before or after the HiDiffusion nodes. FreeU V2 normalises each map by its max - min, which is 0 on a 1x1 map "
     "(a NaN image); where RAU-Net shrinks the middle block to 1x1 (very small images: SD1.x with the CA downscale, "
-    "both sides 256 px or less) sampling stops with a message naming the sizes instead."
+    "both sides 256 px or less) the run is refused before its first step with a message naming the sizes (mid-run "
+    "only where another node also changes the sizes or the sampler picks its own sigmas)."
 )
 
 
@@ -318,8 +319,9 @@ def test_pag_has_nothing_to_perturb_in_a_one_token_middle_block(pack):
     "works with note",
     "SAG's extra pass runs with the HiDiffusion patches. SAG guesses the middle block's grid from its token "
     "count; where RAU-Net shrinks that block below what SAG can read (fewer than 4 tokens: very small images, "
-    "e.g. SD1.x with the CA downscale and a side of 256 px or less), sampling stops with a message naming the "
-    "sizes instead of SAG's TypeError.",
+    "e.g. SD1.x with the CA downscale and a side of 256 px or less), the run is refused before its first step "
+    "with a message naming the sizes instead of SAG's TypeError (mid-run only where another node also changes "
+    "the sizes or the sampler picks its own sigmas).",
 )
 @pytest.mark.parametrize("order", ["sag_first", "sag_last"])
 def test_sag(pack, order):

@@ -97,7 +97,8 @@ class ShapesOnly(TorchDispatchMode):
             meta = func(*tree_map(_to_meta, args), **tree_map(_to_meta, kwargs))
         except (NotImplementedError, RuntimeError):  # no meta kernel for this op
             return func(*args, **kwargs)
-        device = tensors[0].device
+        # A CPU scalar may sit beside GPU activations; the result lives with the activations.
+        device = next((t.device for t in tensors if t.device.type != "cpu"), tensors[0].device)
         return tree_map(lambda t: _uninitialised_like(t, device), meta)
 
 

@@ -93,7 +93,7 @@ def patched_models(pack: dict, base: Any, spec: ModelSpec, names: list[str]) -> 
     """
 
     def apply(node: str, model: Any, inputs: dict[str, Any]) -> Any:
-        return pack[node].execute(model=model, **inputs).result[0]
+        return pack[node].execute(model=model, **(node_defaults(pack[node]) | inputs)).result[0]
 
     builders: dict[str, Callable[[], Any]] = {
         "off": lambda: base,
@@ -108,6 +108,17 @@ def patched_models(pack: dict, base: Any, spec: ModelSpec, names: list[str]) -> 
         except Exception as exc:  # a failing node only drops its rows
             models[name] = f"{type(exc).__name__}: {exc}"
     return models
+
+
+def node_defaults(node: Any) -> dict[str, Any]:
+    """The default of every widget input of a node, as its schema declares them."""
+    info = node.GET_NODE_INFO_V1()["input"]
+    return {
+        name: spec[1]["default"]
+        for section in ("required", "optional")
+        for name, spec in info.get(section, {}).items()
+        if len(spec) > 1 and isinstance(spec[1], dict) and "default" in spec[1]
+    }
 
 
 def measure(

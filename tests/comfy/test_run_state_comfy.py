@@ -7,6 +7,8 @@ from collections import Counter
 import pytest
 import torch
 from harness import control_hint, pack_module, sample, tiny_controlnet, tiny_model
+from test_msw_msa_comfy import apply_msw
+from test_raunet_comfy import apply as apply_raunet
 
 SIGMA_MODULES = (
     "hidiff.comfyui.run_state",
@@ -15,31 +17,6 @@ SIGMA_MODULES = (
     "hidiff.comfyui.controlnet",
 )
 """Every pack module that reads the sigma of a model call (through ``current_sigma``)."""
-
-RAUNET_SD15 = {
-    "input_blocks": "3",
-    "output_blocks": "8",
-    "time_mode": "percent",
-    "start_time": 0.0,
-    "end_time": 1.0,
-    "upscale_mode": "bicubic",
-    "ca_start_time": 0.0,
-    "ca_end_time": 0.6,
-    "ca_input_blocks": "4",
-    "ca_output_blocks": "8",
-    "ca_upscale_mode": "bicubic",
-    "ca_downscale_mode": "avg_pool2d",
-    "ca_downscale_factor": 2.0,
-    "two_stage_upscale_mode": "disabled",
-}
-MSW_SD15 = {
-    "input_blocks": "1,2",
-    "middle_blocks": "",
-    "output_blocks": "9,10,11",
-    "time_mode": "percent",
-    "start_time": 0.0,
-    "end_time": 1.0,
-}
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +46,8 @@ def test_the_sigma_is_read_once_per_unet_call_with_msw_msa_and_raunet(pack, monk
     one run reads it once per UNet call for all of them."""
     from comfy.patcher_extension import WrappersMP
 
-    model = (
-        pack["ApplyRAUNet"]
-        .execute(model=tiny_model("sd15"), yaml_parameters="ca_fadeout_start_time: 0.2", **RAUNET_SD15)
-        .result[0]
-    )
-    model = pack["ApplyMSWMSAAttention"].execute(model=model, **MSW_SD15).result[0]
+    raunet = apply_raunet(pack, tiny_model("sd15"), "ca_fadeout_start_time: 0.2", end_time=1.0, ca_end_time=0.6)
+    model = apply_msw(pack, raunet)
     calls: list[int] = []
     reads: list[int] = []
 

@@ -159,12 +159,11 @@ def run_benchmarks(args: argparse.Namespace, pack: dict, load_start: float | Non
     """Run what ``args`` asks for; return the JSON document and the text report."""
     import io
 
-    import comfy.ldm.modules.attention as comfy_attention
     import comfy.model_management as mm
     import torch
 
     from . import report, schedule, unet_call
-    from .models import build_model, parameter_count
+    from .models import build_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -197,8 +196,43 @@ def run_benchmarks(args: argparse.Namespace, pack: dict, load_start: float | Non
         whole_run = schedule.run(
             pack, base, spec, size=schedule_size, steps=args.steps, res_mode=args.res_mode, seed=args.seed
         )
+    meta = describe_run(base, spec, device, size, args, warmup=warmup, repeats=repeats, load_start=load_start)
+    text = io.StringIO()
+    report.write_header(text, meta)
+    report.write_unet_call(text, meta, results)
+    if whole_run is not None:
+        chart = args.chart or None
+        if chart:
+            title = (
+                f"{spec.title} {_size_text(whole_run.size)}, {whole_run.steps} steps on {meta['device']}: "
+                "seconds per step"
+            )
+            schedule.draw_chart(Path(chart), whole_run.step_seconds, title)
+        report.write_schedule(text, meta, whole_run, chart)
+    return report.as_dict(meta, results, whole_run), text.getvalue()
+
+
+def describe_run(
+    base: Any,
+    spec: Any,
+    device: Any,
+    size: tuple[int, int],
+    args: argparse.Namespace,
+    *,
+    warmup: int,
+    repeats: int,
+    load_start: float | None,
+) -> dict[str, Any]:
+    """What was run, on what: the head of the report and of the JSON document."""
+    import comfy.ldm.modules.attention as comfy_attention
+    import comfy.model_management as mm
+    import torch
+
+    from . import unet_call
+    from .models import parameter_count
+
     info = machine.describe(device)
-    meta = {
+    return {
         "benchmark": "hidiff bench",
         "model": spec.name,
         "model_title": spec.title,
@@ -221,16 +255,3 @@ def run_benchmarks(args: argparse.Namespace, pack: dict, load_start: float | Non
         "machine_name": machine.name(info, device),
         "load_average_1min": {"start": load_start, "end": machine.load_average()},
     }
-    text = io.StringIO()
-    report.write_header(text, meta)
-    report.write_unet_call(text, meta, results)
-    if whole_run is not None:
-        chart = args.chart or None
-        if chart:
-            title = (
-                f"{spec.title} {_size_text(whole_run.size)}, {whole_run.steps} steps on {meta['device']}: "
-                "seconds per step"
-            )
-            schedule.draw_chart(Path(chart), whole_run.step_seconds, title)
-        report.write_schedule(text, meta, whole_run, chart)
-    return report.as_dict(meta, results, whole_run), text.getvalue()

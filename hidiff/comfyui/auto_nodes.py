@@ -19,7 +19,7 @@ from ..core.unet_map import Family
 from ..log import logger
 from . import msw_msa, raunet
 from .model_info import unet_map_of
-from .node_common import CATEGORY, validation_message
+from .node_common import ADVANCED, CATEGORY, SEARCH_ALIASES, schema, validation_message
 from .params import ParameterError, parse_yaml_parameters, require_bool
 
 ADVANCED_KEYS = {
@@ -141,6 +141,7 @@ _ADVANCED_INPUT = io.String.Input(
     optional=True,
     multiline=True,
     default="",
+    **ADVANCED,
     tooltip="Optional YAML: native_resolution, turbo, aggressive, text_to_image_controlnet, verbose.",
 )
 
@@ -150,8 +151,9 @@ class ApplyHiDiffusion(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return schema(
             node_id="ApplyHiDiffusion",
+            search_aliases=SEARCH_ALIASES["ApplyHiDiffusion"],
             display_name="HiDiffusion",
             category=CATEGORY,
             description=(
@@ -203,8 +205,9 @@ class HiDiffusionInspect(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return schema(
             node_id="HiDiffusionInspect",
+            search_aliases=SEARCH_ALIASES["HiDiffusionInspect"],
             display_name="HiDiffusion Inspect",
             category=CATEGORY,
             description=(

@@ -24,9 +24,10 @@ from ..core.windows import WindowLayout, window_layout, windowed_attention
 from ..log import logger
 from .model_info import percent_to_sigma, unet_map_of
 from .params import ParameterError, parse_yaml_parameters, require_bool, require_choice, require_number
+from .patch_base import MSW_MSA, SharedPatch, effect_of
 from .run_state import RunState, install_run_state, run_state, sigma_of
 
-EFFECT = "hidiffusion_msw_msa"
+EFFECT = MSW_MSA
 BLOCK_KINDS = ("input", "middle", "output")
 SHIFT_MODES = ("distinct", "independent", "none")
 
@@ -84,7 +85,7 @@ def build_settings(yaml_parameters: str | None = None, **inputs: Any) -> MswMsaS
     return settings
 
 
-class MswMsaAttention:
+class MswMsaAttention(SharedPatch):
     """The attn1 replace patch: windowed attention while active, stock attention otherwise.
 
     Immutable and shared between clones (``__deepcopy__`` returns itself), so cloning a
@@ -98,9 +99,6 @@ class MswMsaAttention:
         self.time = time
         self.shift_mode = shift_mode
         self.verbose = verbose
-
-    def __deepcopy__(self, memo: dict) -> MswMsaAttention:
-        return self
 
     def __repr__(self) -> str:
         return f"MswMsaAttention(blocks={sorted(self.blocks)}, time={self.time}, shift_mode={self.shift_mode!r})"
@@ -202,7 +200,7 @@ def apply_msw_msa(model: Any, settings: MswMsaSettings) -> Any:
     replaces = (
         patched.model_options.setdefault("transformer_options", {}).setdefault("patches_replace", {}).get("attn1", {})
     )
-    for key in [key for key, patch in replaces.items() if getattr(patch, "hidiffusion_effect", None) == EFFECT]:
+    for key in [key for key, patch in replaces.items() if effect_of(patch) == EFFECT]:
         del replaces[key]
     usable = []
     for kind, index in targets:

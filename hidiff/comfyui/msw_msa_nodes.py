@@ -15,13 +15,16 @@ from ..log import logger
 from . import msw_msa
 from .model_info import unet_map_of
 from .node_common import (
+    ADVANCED,
     CATEGORY,
     MODEL_TYPES,
+    SEARCH_ALIASES,
     TIME_TOOLTIP,
     YAML_TOOLTIP,
     choice_message,
     place_preset,
     resolve_family,
+    schema,
     validation_message,
 )
 
@@ -31,8 +34,9 @@ class ApplyMSWMSAAttention(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return schema(
             node_id="ApplyMSWMSAAttention",
+            search_aliases=SEARCH_ALIASES["ApplyMSWMSAAttention"],
             display_name="Apply MSW-MSA Attention (HiDiffusion)",
             category=CATEGORY,
             description=(
@@ -75,7 +79,9 @@ class ApplyMSWMSAAttention(io.ComfyNode):
                     step=0.01,
                     tooltip="When windowing ends (inclusive), in time_mode units.",
                 ),
-                io.String.Input("yaml_parameters", optional=True, multiline=True, default="", tooltip=YAML_TOOLTIP),
+                io.String.Input(
+                    "yaml_parameters", optional=True, multiline=True, default="", tooltip=YAML_TOOLTIP, **ADVANCED
+                ),
             ],
             outputs=[io.Model.Output(tooltip="The model with MSW-MSA attention.")],
         )
@@ -133,8 +139,9 @@ class ApplyMSWMSAAttentionSimple(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return schema(
             node_id="ApplyMSWMSAAttentionSimple",
+            search_aliases=SEARCH_ALIASES["ApplyMSWMSAAttentionSimple"],
             display_name="Apply MSW-MSA Attention Simple (HiDiffusion)",
             category=CATEGORY,
             description=(

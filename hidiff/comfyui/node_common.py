@@ -1,15 +1,60 @@
-"""What every node of the pack shares: category, tooltips, input checks, family choice."""
+"""What every node of the pack shares: category, schema extras, tooltips, input checks, family choice."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Any
+
+from comfy_api.latest import io
 
 from ..core.presets import PresetPlacementError
 from ..core.unet_map import FAMILY_NAMES, Family
 from .model_info import unet_map_of
 from .params import ParameterError
 
-CATEGORY = "model_patches/unet"
+_OLD_UNET_CATEGORY = "model_patches/unet"
+
+
+def _core_unet_category() -> str:
+    """Core Deep Shrink's category in the running ComfyUI, so the pack sits next to it.
+
+    ``model_patches/unet`` on 0.3.64, ``model/patch/unet`` since core moved it.
+    """
+    try:
+        from comfy_extras.nodes_model_downscale import PatchModelAddDownscale
+
+        return PatchModelAddDownscale.define_schema().category or _OLD_UNET_CATEGORY
+    except Exception:  # noqa: BLE001 (a ComfyUI without it or with another shape: keep the old place)
+        return _OLD_UNET_CATEGORY
+
+
+CATEGORY = _core_unet_category()
+
+_SCHEMA_FIELDS = frozenset(field.name for field in dataclasses.fields(io.Schema))
+_NEWER_SCHEMA_FIELDS = frozenset({"search_aliases"})
+"""Schema fields that ComfyUI 0.3.64 does not know (its Schema refuses unknown keywords)."""
+
+ADVANCED = {"advanced": True} if "advanced" in inspect.signature(io.String.Input.__init__).parameters else {}
+"""Keyword for inputs the frontend may fold away as advanced, where ComfyUI has the flag (v0.10.0 and newer)."""
+
+
+def schema(**fields: Any) -> io.Schema:
+    """An ``io.Schema``, with the newer optional fields only where the running ComfyUI knows them."""
+    return io.Schema(
+        **{name: value for name, value in fields.items() if name not in _NEWER_SCHEMA_FIELDS or name in _SCHEMA_FIELDS}
+    )
+
+
+SEARCH_ALIASES = {
+    "ApplyHiDiffusion": ["hidiffusion", "high res", "highres", "hires", "raunet", "msw-msa", "deep shrink", "upscale"],
+    "HiDiffusionInspect": ["hidiffusion", "inspect", "raunet", "msw-msa"],
+    "ApplyRAUNet": ["hidiffusion", "raunet", "rau-net", "high res", "deep shrink", "upscale"],
+    "ApplyRAUNetSimple": ["hidiffusion", "raunet", "rau-net", "high res", "deep shrink", "upscale"],
+    "ApplyMSWMSAAttention": ["hidiffusion", "msw-msa", "mswmsa", "window attention", "high res"],
+    "ApplyMSWMSAAttentionSimple": ["hidiffusion", "msw-msa", "mswmsa", "window attention", "high res"],
+}
+"""Words the node search also finds each node by, where ComfyUI has search aliases (v0.11.0 and newer)."""
 MODEL_TYPES = ("auto", "SD15", "SDXL")
 
 TIME_TOOLTIP = (

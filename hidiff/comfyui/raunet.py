@@ -4,10 +4,15 @@
   while active it runs the layer on ``x[..., ::2, ::2]`` (:mod:`hidiff.core.raunet`);
   everywhere else it hands the call on unchanged.
 * RAU: ComfyUI's ``Upsample`` already resizes (nearest) to the exact skip size it is
-  given, so ``nearest`` needs no patch. Other methods replace the paired Upsample's
-  ``forward`` with an object patch that looks at the sizes only: a map smaller than half
-  the skip (RAD ran) is resampled with ``upscale_mode`` to exactly the skip size, then
-  goes through the layer's own conv; any other call is the stock forward.
+  given, so ``nearest`` needs no patch. Other methods act on the paired Upsample layers
+  and look at the sizes only: a map smaller than half the skip (RAD ran) is resampled
+  with ``upscale_mode`` to exactly the skip size, then goes through the layer's own conv;
+  any other call is the stock one. Where ComfyUI hands every layer to
+  ``forward_timestep_embed_patch`` (v0.20.0 and newer) this is an ``(Upsample, handler)``
+  patch like RAD's. On older versions (0.3.64) it is an object patch on the layer's
+  ``forward`` that holds no layer: it finds its layer in the UNet that is running, which
+  a ``DIFFUSION_MODEL`` wrapper names for the length of each call, so a patcher that
+  copies the object patches onto other modules (multi-GPU clones) gets its own weights.
 * CA: an ``input_block_patch`` (or ``_after_skip``) shrinks the map after the chosen
   input block while active; an ``output_block_patch`` at the paired output block resizes
   ``h`` to exactly the skip's size whenever the two differ. It keeps no state, so a run
@@ -15,21 +20,23 @@
 
 Every decision is made per call from the sigma in ``transformer_options`` (read once per
 UNet call through the run state). All patch objects are immutable and survive
-``ModelPatcher.clone``'s deep copy as themselves. A run whose middle block would end up
-too small for core SAG or FreeU V2 is refused before its first step where the sizes can
-be foreseen (:class:`MiddleBlockCheck`), and stopped by :class:`MiddleBlockGuard` otherwise.
+``ModelPatcher.clone``'s deep copy as themselves. Other nodes RAU-Net must refuse or warn
+about are found by :mod:`hidiff.comfyui.interop`.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import comfy.utils
 import torch
-from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample, forward_timestep_embed
+from comfy.patcher_extension import WrappersMP
 
 from ..core.blocks import format_block_list, parse_block_list
 from ..core.raunet import (
@@ -37,11 +44,9 @@ from ..core.raunet import (
     TWO_STAGE_MODES,
     UPSCALE_METHODS,
     ca_downscale,
-    downscaled_size,
     faded_factor,
     fadeout_strength,
     is_whole,
-    rad_size,
     resize,
     resolution_aware_downsample,
     sigma_to_percent,
@@ -51,21 +56,24 @@ from ..core.schedule import MAX_TIMESTEP, TIME_MODES, SigmaRange, TimeMode, sigm
 from ..core.unet_map import UNetMap
 from ..log import logger
 from .controlnet import DEFAULT_RESIZE_MODE, install_control_bridge, remove_control_bridge
-from .controlnet import EFFECT as CONTROL_EFFECT
+from .interop import (
+    FTE_PATCH,
+    MiddleBlockCheck,
+    MiddleBlockGuard,
+    block_of,
+    check_deep_shrink,
+    refuse_supir,
+    warn_foreign_handler,
+    warn_runtime_conflicts,
+)
 from .model_info import percent_to_sigma, unet_map_of
 from .params import ParameterError, parse_yaml_parameters, require_bool, require_choice, require_number
-from .run_state import RunState, install_run_state, run_state, sigma_of
+from .patch_base import RAUNET, SharedPatch, effect_of
+from .run_state import install_run_state, run_state, sigma_of
 
-EFFECT = "hidiffusion_raunet"
-DEEP_SHRINK = "PatchModelAddDownscale.execute"
-"""``__qualname__`` prefix of core Deep Shrink's patch functions."""
-SAG = "SelfAttentionGuidance.execute"
-"""``__qualname__`` prefix of core Self-Attention Guidance's attention patch."""
-FREEU_V2 = "FreeU_V2.patch"
-"""``__qualname__`` prefix of core FreeU V2's output block patch."""
+EFFECT = RAUNET
 
 _BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "output_block_patch")
-_FTE_PATCH = "forward_timestep_embed_patch"
 
 DEFAULTS: dict[str, Any] = {
     "input_blocks": "3",
@@ -323,14 +331,9 @@ def _bislerp(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return comfy.utils.bislerp(x, width, height)
 
 
-def _block_of(options: dict) -> tuple[str, int] | None:
-    block = options.get("block")
-    return (block[0], int(block[1])) if block is not None else None
-
-
 def _active_sigma(options: dict, kind: str, blocks: frozenset[int], time: SigmaRange) -> float | None:
     """The call's sigma when it is on one of ``blocks`` of ``kind`` and inside ``time``; else None."""
-    block = _block_of(options)
+    block = block_of(options)
     if block is None or block[0] != kind or block[1] not in blocks:
         return None
     sigma = sigma_of(options, EFFECT)
@@ -341,16 +344,11 @@ def _size(t: torch.Tensor) -> str:
     return f"{t.shape[-2]}x{t.shape[-1]}"
 
 
-class _Immutable:
-    """Shared by every clone of the model: deep copies are the object itself."""
-
+class _Patch(SharedPatch):
     hidiffusion_effect = EFFECT
 
-    def __deepcopy__(self, memo: dict) -> _Immutable:
-        return self
 
-
-class ResolutionAwareDownsample(_Immutable):
+class ResolutionAwareDownsample(_Patch):
     """The ``Downsample`` handler: RAD on the chosen input blocks while active."""
 
     def __init__(self, blocks: Iterable[int], time: SigmaRange, verbose: bool) -> None:
@@ -368,7 +366,7 @@ class ResolutionAwareDownsample(_Immutable):
             return _pass_on(self, layer, x, emb, context, transformer_options, *args)
         out = resolution_aware_downsample(layer, x)
         state = run_state(transformer_options, EFFECT)
-        _warn_runtime_conflicts(state, transformer_options)
+        warn_runtime_conflicts(state, transformer_options)
         if self.verbose and state is not None:
             state.tell_once(
                 f"RAU-Net input block {transformer_options['block'][1]}: RAD {_size(x)} -> {_size(out)}", "info"
@@ -377,47 +375,139 @@ class ResolutionAwareDownsample(_Immutable):
 
 
 def _pass_on(me: Any, layer: Any, x: torch.Tensor, emb: Any, context: Any, options: dict, *args: Any) -> Any:
-    """Run what ComfyUI would run without us: the next matching handler, or the layer."""
-    handlers = options.get("patches", {}).get(_FTE_PATCH, [])
+    """Run what ComfyUI would run without us: the next matching handler, or the layer.
+
+    ``args`` are the handler's remaining arguments, ``output_shape`` first.
+    """
+    handlers = options.get("patches", {}).get(FTE_PATCH, [])
     found = False
     for class_type, handler in handlers:
         if handler is me:
             found = True
         elif found and isinstance(layer, class_type):
             return handler(layer, x, emb, context, options, *args)
+    if isinstance(layer, Upsample):
+        return layer(x, output_shape=args[0] if args else None)
     return layer(x)
 
 
-class ResolutionAwareUpsample(_Immutable):
-    """Object patch for an ``Upsample.forward``: RAU's resample after RAD, stock otherwise.
+class ResolutionAwareUpsample(_Patch):
+    """The ``Upsample`` handler: RAU's resample after RAD on the paired output blocks, stock otherwise.
 
-    Upsample gets no transformer_options, so the decision is made from the sizes: a map
-    smaller than half the skip on a side can only come from RAD (or another shrink
-    upstream), and is resampled with ``mode`` to exactly ``output_shape``.
+    The decision is made from the sizes, as ComfyUI's Upsample is told only the size to
+    reach: a map smaller than half the skip on a side can only come from RAD (or another
+    shrink upstream), and is resampled with ``mode`` to exactly ``output_shape``, then
+    goes through the layer's own conv.
     """
 
-    def __init__(self, layer: Any, mode: str, two_stage_mode: str, fallback: Any = None) -> None:
-        self.layer = layer
+    def __init__(self, blocks: Iterable[int], mode: str, two_stage_mode: str) -> None:
+        self.blocks = frozenset(blocks)
         self.mode = mode
         self.two_stage_mode = two_stage_mode
+
+    def __repr__(self) -> str:
+        return (
+            f"ResolutionAwareUpsample(blocks={sorted(self.blocks)}, mode={self.mode!r}, "
+            f"two_stage_mode={self.two_stage_mode!r})"
+        )
+
+    def __call__(
+        self, layer: Any, x: torch.Tensor, emb: Any, context: Any, transformer_options: dict, *args: Any
+    ) -> Any:
+        block = block_of(transformer_options)
+        output_shape = args[0] if args else None
+        if block is not None and block[0] == "output" and block[1] in self.blocks and self.applies(x, output_shape):
+            return self.resample(layer, x, output_shape)
+        return _pass_on(self, layer, x, emb, context, transformer_options, *args)
+
+    def applies(self, x: torch.Tensor, output_shape: Any) -> bool:
+        """Whether a call of the paired Upsample comes after RAD (smaller than the stock x2 expects)."""
+        if output_shape is None:
+            return False
+        height, width = int(output_shape[-2]), int(output_shape[-1])
+        return x.shape[-2] < -(-height // 2) or x.shape[-1] < -(-width // 2)
+
+    def resample(self, layer: Any, x: torch.Tensor, output_shape: Any) -> torch.Tensor:
+        """RAU: ``x`` resampled to exactly ``output_shape`` with ``mode``, then the layer's own conv."""
+        x = upscale(x, int(output_shape[-2]), int(output_shape[-1]), self.mode, self.two_stage_mode, _bislerp)
+        return layer.conv(x) if layer.use_conv else x
+
+
+@functools.cache
+def upsample_handlers_supported() -> bool:
+    """Whether this ComfyUI hands ``Upsample`` layers to ``forward_timestep_embed_patch`` handlers.
+
+    Found by trying it: v0.20.0 and newer consult the handlers first for every layer;
+    0.3.64 only for layers of no known kind, which excludes Upsample.
+    """
+    seen: list[Any] = []
+
+    def probe(layer: Any, x: torch.Tensor, *args: Any) -> torch.Tensor:
+        seen.append(layer)
+        return x
+
+    options = {"patches": {FTE_PATCH: [(Upsample, probe)]}}
+    forward_timestep_embed([Upsample(1, False)], torch.zeros(1, 1, 1, 1), None, transformer_options=options)
+    return bool(seen)
+
+
+_RUNNING_UNET: contextvars.ContextVar[Any] = contextvars.ContextVar("hidiffusion_running_unet", default=None)
+"""The UNet (``diffusion_model``) whose forward is running in this thread, named by :class:`RunningUNet`."""
+
+
+class RunningUNet(_Patch):
+    """``DIFFUSION_MODEL`` wrapper: names the running UNet for :class:`UpsampleForward` during one call."""
+
+    def __repr__(self) -> str:
+        return "RunningUNet()"
+
+    def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _RUNNING_UNET.set(executor.class_obj)
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            _RUNNING_UNET.reset(token)
+
+
+class UpsampleForward(_Patch):
+    """Object patch for a paired ``Upsample.forward``, where handlers cannot reach Upsample (0.3.64).
+
+    It holds the layer's path, not the layer: ComfyUI may copy object patches onto a
+    patcher around other modules (multi-GPU clones), and each must use its own weights.
+    The layer is looked up in the UNet that is running.
+
+    Args:
+        path: the layer's path inside ``diffusion_model``, e.g. ``output_blocks.8.2``.
+        rau: the RAU decision and resample.
+        fallback: another node's object patch on the same ``forward``, run whenever RAD has not.
+    """
+
+    def __init__(self, path: str, rau: ResolutionAwareUpsample, fallback: Any = None) -> None:
+        self.path = path
+        self.rau = rau
         self.fallback = fallback
 
     def __repr__(self) -> str:
-        return f"ResolutionAwareUpsample(mode={self.mode!r}, two_stage_mode={self.two_stage_mode!r})"
+        return f"UpsampleForward({self.path!r}, {self.rau!r})"
 
     def __call__(self, x: torch.Tensor, output_shape: Any = None) -> torch.Tensor:
-        if output_shape is not None and self.after_rad(x, output_shape):
-            x = upscale(x, int(output_shape[-2]), int(output_shape[-1]), self.mode, self.two_stage_mode, _bislerp)
-            return self.layer.conv(x) if self.layer.use_conv else x
-        if self.fallback is not None:
+        if self.fallback is not None and not self.rau.applies(x, output_shape):
             return self.fallback(x, output_shape=output_shape)
-        return type(self.layer).forward(self.layer, x, output_shape=output_shape)
+        layer = self.layer()
+        if self.rau.applies(x, output_shape):
+            return self.rau.resample(layer, x, output_shape)
+        return type(layer).forward(layer, x, output_shape=output_shape)
 
-    @staticmethod
-    def after_rad(x: torch.Tensor, output_shape: Any) -> bool:
-        """Whether ``x`` is smaller than the stock x2 upsample expects, on either side."""
-        height, width = int(output_shape[-2]), int(output_shape[-1])
-        return x.shape[-2] < -(-height // 2) or x.shape[-1] < -(-width // 2)
+    def layer(self) -> Any:
+        """The layer this patch is set on, in the running UNet."""
+        unet = _RUNNING_UNET.get()
+        layer = None if unet is None else unet.get_submodule(self.path)
+        if layer is None or layer.__dict__.get("forward") is not self:
+            raise RuntimeError(
+                f"RAU-Net: the Upsample at diffusion_model.{self.path} was called outside a UNet call of the model "
+                "RAU-Net patched, so its weights cannot be found"
+            )
+        return layer
 
 
 @dataclass(frozen=True)
@@ -435,7 +525,7 @@ class Fadeout:
         return fadeout_strength(percent, self.start_percent, self.end_percent, self.cap)
 
 
-class CaDownscale(_Immutable):
+class CaDownscale(_Patch):
     """The input block patch that shrinks the map after the chosen blocks while active."""
 
     def __init__(
@@ -474,7 +564,7 @@ class CaDownscale(_Immutable):
         factor_h, factor_w = self.factors_at(sigma)
         out = ca_downscale(h, factor_h, factor_w, self.mode, _bislerp)
         state = run_state(transformer_options, EFFECT)
-        _warn_runtime_conflicts(state, transformer_options)
+        warn_runtime_conflicts(state, transformer_options)
         if self.verbose and state is not None:
             state.tell_once(
                 f"RAU-Net input block {transformer_options['block'][1]}: CA {self.mode} {_size(h)} -> {_size(out)} "
@@ -484,7 +574,7 @@ class CaDownscale(_Immutable):
         return out
 
 
-class CaRestore(_Immutable):
+class CaRestore(_Patch):
     """The output block patch that brings ``h`` back to the skip's exact size (stateless)."""
 
     def __init__(self, blocks: Iterable[int], mode: str, verbose: bool) -> None:
@@ -496,10 +586,12 @@ class CaRestore(_Immutable):
         return f"CaRestore(blocks={sorted(self.blocks)}, mode={self.mode!r})"
 
     def __call__(
-        self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        block = _block_of(transformer_options)
-        if block is None or block[0] != "output" or block[1] not in self.blocks or h.shape[-2:] == hsp.shape[-2:]:
+        self, h: torch.Tensor, hsp: torch.Tensor | None, transformer_options: dict
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        block = block_of(transformer_options)
+        if block is None or block[0] != "output" or block[1] not in self.blocks:
+            return h, hsp
+        if hsp is None or h.shape[-2:] == hsp.shape[-2:]:  # None: another node merged the skip itself
             return h, hsp
         out = resize(h, hsp.shape[-2], hsp.shape[-1], self.mode, _bislerp)
         state = run_state(transformer_options, EFFECT)
@@ -508,276 +600,11 @@ class CaRestore(_Immutable):
         return out, hsp
 
 
-# --- other effects on the same blocks ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeepShrink:
-    """One core Deep Shrink (``PatchModelAddDownscale``) found on a model."""
-
-    block: int
-    factor: float
-    time: SigmaRange
-    after_skip: bool
-
-
-def find_deep_shrink(patches: dict) -> Iterator[DeepShrink]:
-    """Core Deep Shrink input patches, read from their closures (never changed)."""
-    for name in ("input_block_patch", "input_block_patch_after_skip"):
-        for patch in patches.get(name, []):
-            code = getattr(patch, "__code__", None)
-            if not getattr(patch, "__qualname__", "").startswith(DEEP_SHRINK) or code is None:
-                continue
-            try:
-                cells = dict(
-                    zip(code.co_freevars, (cell.cell_contents for cell in patch.__closure__ or ()), strict=False)
-                )
-            except ValueError:  # an empty cell: not the Deep Shrink we know
-                continue
-            if {"block_number", "sigma_start", "sigma_end"} <= cells.keys():
-                yield DeepShrink(
-                    block=int(cells["block_number"]),
-                    factor=float(cells.get("downscale_factor", 0.0)),
-                    time=SigmaRange(float(cells["sigma_start"]), float(cells["sigma_end"])),
-                    after_skip=name.endswith("after_skip"),
-                )
-
-
-def _overlap(a: SigmaRange, b: SigmaRange) -> bool:
-    return not (a.disabled or b.disabled) and max(a.end, b.end) <= min(a.start, b.start)
-
-
-def check_deep_shrink(patches: dict, owned: dict[str, tuple[Iterable[int], SigmaRange]]) -> None:
-    """Refuse a Deep Shrink on a block RAU-Net rescales at the same time; warn if they only compound.
-
-    ``owned`` maps a part name ("RAD", "CA") to its input blocks and time range.
-    """
-    for shrink in find_deep_shrink(patches):
-        where = f"Deep Shrink (PatchModelAddDownscale) on input block {shrink.block} (factor {shrink.factor:g})"
-        for part, (blocks, time) in owned.items():
-            if not _overlap(shrink.time, time):
-                continue
-            if shrink.block in set(blocks):
-                raise ParameterError(
-                    f"RAU-Net: {where} already rescales that block while {part} would act there too; the two "
-                    "shrink factors would multiply. Only one effect may own a block: remove one of them, or move "
-                    "one to other blocks or to a time range that does not overlap"
-                )
-            logger.warning(
-                f"RAU-Net: {where} is active at the same time as RAU-Net's {part} (input blocks "
-                f"{format_block_list(sorted(set(blocks)))}); their downscales compound in the deeper blocks. "
-                "Use one of them, or give them time ranges that do not overlap"
-            )
-
-
-def _warn_runtime_conflicts(state: RunState | None, options: dict) -> None:
-    """A Deep Shrink added downstream of RAU-Net is only visible while sampling."""
-    if state is None:
-        return
-    for shrink in find_deep_shrink(options.get("patches", {})):
-        state.tell_once(
-            f"RAU-Net: Deep Shrink (PatchModelAddDownscale) on input block {shrink.block} is active in this run "
-            "too; both shrink the deep blocks and their factors compound. Use one of them"
-        )
-
-
-def _warn_foreign_downsample_handler(handlers: list) -> None:
-    for class_type, handler in handlers:
-        if isinstance(class_type, type) and issubclass(Downsample, class_type) and not _is_own(handler):
-            logger.warning(
-                f"RAU-Net: another node already handles Downsample layers ({handler!r}); ComfyUI runs only the "
-                "first handler registered for a class, so RAD will not run on this model. Apply RAU-Net before "
-                "that node, or remove it"
-            )
-
-
-def sag_reads_grid(tokens: int, height: int, width: int) -> bool:
-    """Whether core SAG can rebuild a grid from ``tokens`` middle-block tokens for a latent of height x width.
-
-    SAG (``create_blur_map`` in comfy_extras/nodes_sag.py) is not told the middle block's
-    size: it searches for a divisor of the token count near the latent's aspect ratio and
-    fails with a bare TypeError (or ZeroDivisionError) when the search finds none, which
-    is the case below 4 tokens. This is the same search, so RAU-Net can say why first.
-    """
-    guess = round(math.sqrt((height / width) * tokens))
-    for i in range(math.floor(math.sqrt(tokens) / 2)):
-        for divisor in (guess + i, max(1, guess - i)):
-            if divisor == 0:
-                return False
-            if tokens % divisor == 0:
-                return True
-    return False
-
-
-def _has_sag(options: dict) -> bool:
-    replaces = options.get("patches_replace", {}).get("attn1", {})
-    return any(
-        key[0] == "middle" and getattr(patch, "__qualname__", "").startswith(SAG) for key, patch in replaces.items()
-    )
-
-
-def _has_freeu_v2(options: dict) -> bool:
-    patches = options.get("patches", {}).get("output_block_patch", [])
-    return any(getattr(patch, "__qualname__", "").startswith(FREEU_V2) for patch in patches)
-
-
-def middle_block_problem(tokens: int, height: int, width: int, options: dict) -> str | None:
-    """What fails on a middle block of ``tokens`` tokens for a height x width latent, or None.
-
-    ``options`` is the run's transformer_options, where core SAG and FreeU V2 leave their patches.
-    """
-    # SAG itself skips latents with a side of 4 or less.
-    if min(height, width) > 4 and _has_sag(options) and not sag_reads_grid(tokens, height, width):
-        return (
-            f"Self-Attention Guidance (SAG) cannot rebuild its attention map from {tokens} token(s); "
-            "use Perturbed-Attention Guidance instead of SAG"
-        )
-    if tokens == 1 and _has_freeu_v2(options):
-        return "FreeU V2 cannot normalise a 1x1 map (the image would be NaN); use FreeU instead of FreeU V2"
-    return None
-
-
-def middle_block_error(height: int, width: int, middle: tuple[int, int], problem: str) -> ParameterError:
-    """The error that stops a run whose middle block RAU-Net shrinks too far for another node."""
-    return ParameterError(
-        f"RAU-Net: on this {height}x{width} latent RAU-Net shrinks the middle block to {middle[0]}x{middle[1]} "
-        f"while it is active, and {problem}, a larger image (RAU-Net is meant for sizes above the model's native "
-        "one), or RAU-Net without the CA downscale"
-    )
-
-
-class MiddleBlockGuard(_Immutable):
-    """Output block patch for two core nodes that fail on a tiny middle block.
-
-    At output block 0, ``h`` is the middle block's output. While RAU-Net is active on a
-    small image it can be a few tokens, and then core SAG fails with a bare TypeError
-    (it guesses the grid from the token count) and core FreeU V2 silently returns NaN (it
-    normalises by max - min of the map, 0 on a 1x1 map). This stops the run first, with
-    the sizes and what to do. Both nodes may be added after RAU-Net, so it is checked
-    while sampling. Never changes ``h``.
-
-    :class:`MiddleBlockCheck` refuses most such runs before their first step; this guard
-    stays for the calls it cannot foresee (another node changing the sizes, a sampler
-    that picks its own sigmas, area conditioning).
-    """
-
-    def __init__(self, active: Callable[[float], bool]) -> None:
-        self.active = active
-
-    def __repr__(self) -> str:
-        return "MiddleBlockGuard()"
-
-    def __call__(
-        self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if _block_of(transformer_options) != ("output", 0):
-            return h, hsp
-        sigma = sigma_of(transformer_options, EFFECT)
-        if sigma is None or not self.active(sigma):
-            return h, hsp
-        height, width = (int(side) for side in transformer_options.get("original_shape", [0, 0])[-2:])
-        problem = middle_block_problem(h.shape[-2] * h.shape[-1], height, width, transformer_options)
-        if problem is None:
-            return h, hsp
-        raise middle_block_error(height, width, (h.shape[-2], h.shape[-1]), problem)
-
-
-_SIZE_PATCHES = ("input_block_patch", "input_block_patch_after_skip", _FTE_PATCH)
-"""Patch lists whose entries run before the middle block and may change the map's size."""
-
-
-class MiddleBlockCheck(_Immutable):
-    """The :class:`MiddleBlockGuard`'s check at the start of a run, before any step.
-
-    RAU-Net's own patches set the middle block's size from the latent size and the sigma
-    alone: a Downsample takes a side s to ceil(s / 2), or ceil(s / 4) under RAD, and the
-    CA downscale to ceil(s / factor). With the latent (the noise) and the schedule known
-    when sampling starts, the size at every step follows, and a run that the guard would
-    stop is refused before its first step, with the same message.
-
-    It only speaks where that is exact, and leaves the rest to the guard: not when
-    another node patches the input side (Deep Shrink, a foreign Downsample handler or an
-    object patch on an input block may change the sizes), nor when the CA downscale is
-    restored at output block 0 (the guard then sees the restored map). Stock samplers of
-    ``comfy.k_diffusion.sampling`` run the model at every step's sigma, so every step is
-    checked; other samplers (dpm_fast, dpm_adaptive, custom ones) may pick their own
-    sigmas, so only the first step, where every sampler starts, is checked for them.
-    """
-
-    def __init__(
-        self,
-        downsamples: Iterable[int],
-        inputs: int,
-        rad: ResolutionAwareDownsample | None,
-        ca: CaDownscale | None,
-        ca_restores: Iterable[int],
-        active: Callable[[float], bool],
-    ) -> None:
-        self.downsamples = frozenset(downsamples)
-        self.inputs = inputs
-        self.rad = rad
-        self.ca = ca
-        self.ca_restores = frozenset(ca_restores)
-        self.active = active
-
-    def __repr__(self) -> str:
-        return "MiddleBlockCheck()"
-
-    def middle_size(self, height: int, width: int, sigma: float) -> tuple[int, int]:
-        """The middle block's size for a height x width latent at ``sigma`` (RAU-Net's patches only)."""
-        size = (height, width)
-        for index in range(self.inputs):
-            if index in self.downsamples:
-                rad = self.rad is not None and index in self.rad.blocks and self.rad.time.contains(sigma)
-                size = (rad_size(size[0]), rad_size(size[1])) if rad else (-(-size[0] // 2), -(-size[1] // 2))
-            if self.ca is not None and index in self.ca.blocks and self.ca.time.contains(sigma):
-                factor_h, factor_w = self.ca.factors_at(sigma)
-                size = (downscaled_size(size[0], factor_h), downscaled_size(size[1], factor_w))
-        return size
-
-    def exact(self, guider: Any) -> bool:
-        """Whether RAU-Net alone sets the sizes up to output block 0 in this run."""
-        if 0 in self.ca_restores:
-            return False
-        patches = guider.model_options.get("transformer_options", {}).get("patches", {})
-        for name in _SIZE_PATCHES:
-            for entry in patches.get(name, []):
-                patch = entry[1] if name == _FTE_PATCH else entry
-                if getattr(patch, "hidiffusion_effect", None) not in (EFFECT, CONTROL_EFFECT):
-                    return False
-        object_patches = getattr(getattr(guider, "model_patcher", None), "object_patches", {})
-        prefixes = ("diffusion_model.input_blocks.", "diffusion_model.middle_block")
-        return not any(key.startswith(prefixes) and not _is_own(obj) for key, obj in object_patches.items())
-
-    def __call__(self, guider: Any, noise: Any, sampler: Any, state: RunState) -> None:
-        shape = getattr(noise, "shape", ())
-        if len(shape) != 4 or not state.schedule or not self.exact(guider):
-            return
-        options = guider.model_options.get("transformer_options", {})
-        if not (_has_sag(options) or _has_freeu_v2(options)):
-            return
-        height, width = int(shape[-2]), int(shape[-1])
-        steps = state.schedule[:-1]
-        if getattr(getattr(sampler, "sampler_function", None), "__module__", None) != _STEPPING_SAMPLERS:
-            steps = steps[:1]
-        for sigma in steps:
-            if sigma <= 0 or not self.active(sigma):
-                continue
-            middle = self.middle_size(height, width, sigma)
-            problem = middle_block_problem(middle[0] * middle[1], height, width, options)
-            if problem is not None:
-                raise middle_block_error(height, width, middle, problem)
-
-
-_STEPPING_SAMPLERS = "comfy.k_diffusion.sampling"
-"""The module of the stock samplers that run the model at every sigma of the schedule."""
-
-
 # --- applying --------------------------------------------------------------------------
 
 
 def _is_own(obj: Any) -> bool:
-    return getattr(obj, "hidiffusion_effect", None) == EFFECT
+    return effect_of(obj) == EFFECT
 
 
 def remove_own_patches(model: Any) -> None:
@@ -786,8 +613,9 @@ def remove_own_patches(model: Any) -> None:
     for name in _BLOCK_PATCHES:
         if name in patches:
             patches[name] = [p for p in patches[name] if not _is_own(p)]
-    if _FTE_PATCH in patches:
-        patches[_FTE_PATCH] = [entry for entry in patches[_FTE_PATCH] if not _is_own(entry[1])]
+    if FTE_PATCH in patches:
+        patches[FTE_PATCH] = [entry for entry in patches[FTE_PATCH] if not _is_own(entry[1])]
+    model.remove_wrappers_with_key(WrappersMP.DIFFUSION_MODEL, EFFECT)
     for key, obj in list(model.object_patches.items()):
         if _is_own(obj):
             if obj.fallback is not None:
@@ -816,19 +644,32 @@ def _fadeout(settings: RauNetSettings, to_sigma: Any) -> Fadeout | None:
     )
 
 
-def _patch_upsample(model: Any, block: int, settings: RauNetSettings) -> None:
+def _install_rau(patched: Any, rad: dict[int, int], settings: RauNetSettings) -> None:
+    """RAU's resampling on the paired Upsample layers (none needed for the stock nearest)."""
+    if settings.upscale_mode == "nearest" and settings.two_stage_upscale_mode == "disabled":
+        return
+    rau = ResolutionAwareUpsample(rad.values(), settings.upscale_mode, settings.two_stage_upscale_mode)
+    layers = {block: _upsample_path(patched, block) for block in rau.blocks}
+    for block, path in layers.items():
+        if f"diffusion_model.{path}.forward" in patched.object_patches:
+            logger.warning(
+                f"RAU-Net: output block {block}'s Upsample already carries an object patch from another node; "
+                "RAU-Net calls it whenever RAD has not run"
+            )
+    if upsample_handlers_supported():
+        handlers = patched.model_options["transformer_options"]["patches"].get(FTE_PATCH, [])
+        warn_foreign_handler(handlers, Upsample, "RAU's resampling")
+        patched.set_model_forward_timestep_embed_patch((Upsample, rau))
+        return
+    patched.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, EFFECT, RunningUNet())
+    for path in layers.values():
+        key = f"diffusion_model.{path}.forward"
+        patched.add_object_patch(key, UpsampleForward(path, rau, patched.object_patches.get(key)))
+
+
+def _upsample_path(model: Any, block: int) -> str:
     main = model.get_model_object(f"diffusion_model.output_blocks.{block}")
-    key = f"diffusion_model.output_blocks.{block}.{len(main) - 1}.forward"
-    fallback = model.object_patches.get(key)
-    if fallback is not None:
-        logger.warning(
-            f"RAU-Net: output block {block}'s Upsample already carries an object patch from another node; "
-            "RAU-Net calls it whenever RAD has not run"
-        )
-    layer = model.get_model_object(f"diffusion_model.output_blocks.{block}.{len(main) - 1}")
-    model.add_object_patch(
-        key, ResolutionAwareUpsample(layer, settings.upscale_mode, settings.two_stage_upscale_mode, fallback)
-    )
+    return f"output_blocks.{block}.{len(main) - 1}"
 
 
 def apply_raunet(model: Any, settings: RauNetSettings) -> Any:
@@ -855,6 +696,8 @@ def apply_raunet(model: Any, settings: RauNetSettings) -> Any:
     remove_own_patches(patched)
     remove_control_bridge(patched)
     patches = patched.model_options["transformer_options"]["patches"]
+    if rad or ca:
+        refuse_supir(patched.model_options["transformer_options"])
     check_deep_shrink(patches, {"RAD": (rad, rad_time), "CA": (ca, ca_time)})
     if rad or ca:
         # Before our own block patches: residuals are added where apply_control adds them.
@@ -862,7 +705,7 @@ def apply_raunet(model: Any, settings: RauNetSettings) -> Any:
         install_control_bridge(patched, active, _Resampler(settings.controlnet_resize_mode))
     rad_handler = ca_handler = check = None
     if rad:
-        _warn_foreign_downsample_handler(patches.get(_FTE_PATCH, []))
+        warn_foreign_handler(patches.get(FTE_PATCH, []), Downsample, "RAD")
         rad_handler = _install_rad(patched, rad, rad_time, settings)
     if ca:
         ca_handler = _install_ca(patched, ca, ca_time, settings, to_sigma)
@@ -917,9 +760,7 @@ def _install_rad(
 ) -> ResolutionAwareDownsample:
     handler = ResolutionAwareDownsample(rad, time, settings.verbose)
     patched.set_model_forward_timestep_embed_patch((Downsample, handler))
-    if settings.upscale_mode != "nearest" or settings.two_stage_upscale_mode != "disabled":
-        for block in rad.values():
-            _patch_upsample(patched, block, settings)
+    _install_rau(patched, rad, settings)
     return handler
 
 

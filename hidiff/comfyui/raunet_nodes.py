@@ -26,7 +26,7 @@ _CA_PAIRS = (
 )
 
 
-def _time_input(name: str, default: float, what: str) -> io.Float.Input:
+def _time_input(name: str, default: float, what: str, advanced: dict | None = None) -> io.Float.Input:
     return io.Float.Input(
         name,
         default=default,
@@ -34,6 +34,7 @@ def _time_input(name: str, default: float, what: str) -> io.Float.Input:
         max=999.0,
         step=0.01,
         tooltip=f"{what} (inclusive), in time_mode units. A start at the end of sampling (percent 1) switches it off.",
+        **(advanced or {}),
     )
 
 
@@ -42,8 +43,9 @@ class ApplyRAUNet(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return base.schema(
             node_id="ApplyRAUNet",
+            search_aliases=base.SEARCH_ALIASES["ApplyRAUNet"],
             display_name="Apply RAU-Net (HiDiffusion)",
             category=base.CATEGORY,
             description=(
@@ -73,24 +75,27 @@ class ApplyRAUNet(io.ComfyNode):
                     tooltip="How RAU resamples back to the exact skip size after RAD. nearest = the official "
                     "behaviour (ComfyUI's own Upsample, no patch).",
                 ),
-                _time_input("ca_start_time", 0.0, "When the CA downscale starts"),
-                _time_input("ca_end_time", 0.3, "When the CA downscale ends"),
+                _time_input("ca_start_time", 0.0, "When the CA downscale starts", base.ADVANCED),
+                _time_input("ca_end_time", 0.3, "When the CA downscale ends", base.ADVANCED),
                 io.String.Input(
                     "ca_input_blocks",
                     default="4",
                     tooltip=f"Comma list of input blocks after which the map is shrunk (CA; no attention is changed). "
                     f"Empty = off. {_CA_PAIRS}",
+                    **base.ADVANCED,
                 ),
                 io.String.Input(
                     "ca_output_blocks",
                     default="8",
                     tooltip=f"The paired output blocks that restore the exact skip size. {_CA_PAIRS}",
+                    **base.ADVANCED,
                 ),
                 io.Combo.Input(
                     "ca_upscale_mode",
                     options=list(UPSCALE_METHODS),
                     default="bicubic",
                     tooltip="How the CA output block resamples back to the exact skip size (official: bicubic).",
+                    **base.ADVANCED,
                 ),
                 io.Combo.Input(
                     "ca_downscale_mode",
@@ -98,6 +103,7 @@ class ApplyRAUNet(io.ComfyNode):
                     default="avg_pool2d",
                     tooltip="How the CA input block shrinks: avg_pool2d (official, whole factors), "
                     "adaptive_avg_pool2d (fractional factors), or a resampling method. Size: ceil(size / factor).",
+                    **base.ADVANCED,
                 ),
                 io.Float.Input(
                     "ca_downscale_factor",
@@ -106,6 +112,7 @@ class ApplyRAUNet(io.ComfyNode):
                     max=16.0,
                     step=0.1,
                     tooltip="CA shrink factor: 2 = half size (official). At least 1; whole numbers for avg_pool2d.",
+                    **base.ADVANCED,
                 ),
                 io.Combo.Input(
                     "two_stage_upscale_mode",
@@ -113,9 +120,15 @@ class ApplyRAUNet(io.ComfyNode):
                     default="disabled",
                     tooltip="If not disabled, RAU first resamples to half the skip size with this method, then "
                     "the rest of the way with upscale_mode.",
+                    **base.ADVANCED,
                 ),
                 io.String.Input(
-                    "yaml_parameters", optional=True, multiline=True, default="", tooltip=raunet_yaml_tooltip()
+                    "yaml_parameters",
+                    optional=True,
+                    multiline=True,
+                    default="",
+                    tooltip=raunet_yaml_tooltip(),
+                    **base.ADVANCED,
                 ),
             ],
             outputs=[io.Model.Output(tooltip=_OUTPUT_TOOLTIP)],
@@ -182,8 +195,9 @@ class ApplyRAUNetSimple(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return base.schema(
             node_id="ApplyRAUNetSimple",
+            search_aliases=base.SEARCH_ALIASES["ApplyRAUNetSimple"],
             display_name="Apply RAU-Net Simple (HiDiffusion)",
             category=base.CATEGORY,
             description=(

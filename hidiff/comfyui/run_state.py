@@ -79,6 +79,8 @@ class RunState:
         self.schedule = [float(s) for s in sample_sigmas.tolist()] if sample_sigmas is not None else None
         self.sigma = sigma_reader if sigma_reader is not None else SigmaReader()
         self._told: set[str] = set()
+        self.memo: dict[str, Any] = {}
+        """What a patch found out once in this run and need not find out again."""
         self._shifts: dict[Hashable, list[int]] = {}
 
     def __repr__(self) -> str:

@@ -173,7 +173,8 @@ def inspect_unet(diffusion_model: nn.Module) -> UNetMap:
     """Read the block structure of an ldm-style UNet (ComfyUI's ``UNetModel``).
 
     Models without ``input_blocks``/``output_blocks`` (DiTs such as Flux or SD3, Cascade,
-    ...) and video UNets come back with ``supported=False`` and a reason naming them.
+    ...), video UNets and UNets that do not generate images (SDPose's pose heatmap head)
+    come back with ``supported=False`` and a reason naming them.
     """
     cls_name = type(diffusion_model).__name__
     inputs = getattr(diffusion_model, "input_blocks", None)
@@ -182,6 +183,8 @@ def inspect_unet(diffusion_model: nn.Module) -> UNetMap:
         return UNetMap(
             (), (), (), 0, False, f"{cls_name} is not a UNet with input/output blocks (a DiT or other design)"
         )
+    if getattr(diffusion_model, "heatmap_head", None) is not None:
+        return UNetMap((), (), (), 0, False, f"{cls_name} with a heatmap head (SDPose-style) is not a generation UNet")
     if any(_class_names(m) & _VIDEO_LAYERS for m in diffusion_model.modules()):
         return UNetMap((), (), (), 0, False, f"{cls_name} is a video UNet (temporal layers)")
 

@@ -125,6 +125,17 @@ def tiny_model(family: str, weight_seed: int = 1234):
     return _MODELS[key]
 
 
+def rau_patches(model) -> list:
+    """RAU-Net's Upsample patches, whichever way this ComfyUI takes them: ``(Upsample, handler)``
+    patches where handlers reach Upsample layers, object patches on their ``forward`` before."""
+    patches = model.model_options.get("transformer_options", {}).get("patches", {})
+    handlers = [
+        h for _, h in patches.get("forward_timestep_embed_patch", []) if type(h).__name__ == "ResolutionAwareUpsample"
+    ]
+    objects = [p for p in model.object_patches.values() if type(p).__name__ == "UpsampleForward"]
+    return handlers + objects
+
+
 def conditioning(family: str, seed: int = 7, tokens: int = 12) -> list:
     """A ComfyUI CONDITIONING list with random text embeddings of the tiny model's width."""
     generator = torch.Generator().manual_seed(seed)

@@ -28,7 +28,7 @@ import comfy.supported_models
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from harness import CONFIGS, conditioning, sample, tiny_model
+from harness import CONFIGS, conditioning, rau_patches, sample, tiny_model
 from reference import naive_windowed
 
 OTHER_NODES = "Other nodes on the same model"
@@ -768,9 +768,7 @@ def test_our_nodes_applied_twice(pack, family, size):
     result = sample(twice, family, *size)
     assert torch.equal(result, sample(hidiffusion(pack, model, family), family, *size))
     assert different(result, sample(earlier, family, *size))
-    assert not twice.object_patches or all(
-        "ResolutionAwareUpsample(mode='bicubic'" in repr(p) for p in twice.object_patches.values()
-    )
+    assert rau_patches(twice) and all("mode='bicubic'" in repr(p) for p in rau_patches(twice))
 
 
 # --- samplers --------------------------------------------------------------------------------------

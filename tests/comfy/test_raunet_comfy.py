@@ -20,7 +20,7 @@ import comfy.samplers
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from harness import REPO_ROOT, pack_module, sample, tiny_model
+from harness import REPO_ROOT, pack_module, rau_patches, sample, tiny_model
 
 SEED_WORKFLOWS = Path(os.environ.get("HIDIFF_SEED_DIR", REPO_ROOT.parent / "shared" / "seed")) / "workflows"
 SEED_INPUTS = [
@@ -328,7 +328,7 @@ def test_every_upscale_mode_restores_the_exact_skip(nodes, mode, two_stage):
         upscale_mode=mode,
         two_stage_upscale_mode=two_stage,
     )
-    assert bool(patched.object_patches) == (mode != "nearest" or two_stage != "disabled")
+    assert bool(rau_patches(patched)) == (mode != "nearest" or two_stage != "disabled")
     clone, records = recorded(patched)
     result = sample(clone, "sdxl", 45, 29, steps=1)
     assert torch.isfinite(result).all()
@@ -336,19 +336,24 @@ def test_every_upscale_mode_restores_the_exact_skip(nodes, mode, two_stage):
     assert first[("output", 5)].h == (12, 8) and first[("output", 6)].h == (45, 29)
 
 
-def test_rau_object_patch_is_the_method_and_stock_otherwise(rn):
+def test_rau_handler_is_the_method_on_its_blocks_and_stock_otherwise(rn):
     model = tiny_model("sd15")
     layer = model.get_model_object("diffusion_model.output_blocks.8.2")
     x = torch.randn(2, layer.channels, 10, 14)
+    shape = (2, 64, 37, 53)
+
+    def call(rau, x, block=8):
+        return rau(layer, x, None, None, {"block": ("output", block)}, shape, None, None, None)
+
     with torch.no_grad():
-        rau = rn.ResolutionAwareUpsample(layer, "bicubic", "disabled")
-        expected = layer.conv(F.interpolate(x, size=(37, 53), mode="bicubic"))
-        assert torch.equal(rau(x, output_shape=(2, 64, 37, 53)), expected)
+        rau = rn.ResolutionAwareUpsample([8], "bicubic", "disabled")
+        assert torch.equal(call(rau, x), layer.conv(F.interpolate(x, size=(37, 53), mode="bicubic")))
+        assert torch.equal(call(rau, x, block=5), layer(x, output_shape=shape))  # not a paired block
         normal = torch.randn(2, layer.channels, 19, 27)
-        assert torch.equal(rau(normal, output_shape=(2, 64, 37, 53)), layer(normal, output_shape=(2, 64, 37, 53)))
-        two = rn.ResolutionAwareUpsample(layer, "bicubic", "nearest-exact")
+        assert torch.equal(call(rau, normal), layer(normal, output_shape=shape))
+        two = rn.ResolutionAwareUpsample([8], "bicubic", "nearest-exact")
         staged = F.interpolate(F.interpolate(x, size=(19, 27), mode="nearest-exact"), size=(37, 53), mode="bicubic")
-        assert torch.equal(two(x, output_shape=(2, 64, 37, 53)), layer.conv(staged))
+        assert torch.equal(call(two, x), layer.conv(staged))
 
 
 def test_upscale_modes_change_the_image(nodes):
@@ -590,7 +595,7 @@ def test_applying_twice_replaces_the_first(nodes):
     assert len(ours(second, "input_block_patch")) == 1
     assert len(ours(second, "output_block_patch", "CaRestore")) == 1
     assert len(ours(second, "output_block_patch", "MiddleBlockGuard")) == 1
-    assert not second.object_patches  # nearest needs none, and the first's is gone
+    assert not rau_patches(second) and not second.object_patches  # nearest needs none, and the first's is gone
     clone, records = recorded(second)
     sample(clone, "sdxl", 45, 29, steps=1)
     first_call = sizes_at(records, sigmas_of(model, 1)[0])

@@ -12,7 +12,9 @@ in one place, and nodes are laid out left to right by column.
     python scripts/make_example_workflows.py --check  # exit 1 if a file is out of date
 
 ComfyUI is found like the tests find it: ``$COMFYUI_PATH``, else ``~/comfy/ComfyUI``.
-tests/comfy/test_example_workflows.py checks that the files are up to date and that each
+Write the files with the oldest supported ComfyUI (0.3.64): newer versions add outputs to
+some nodes (SaveImage), which the frontend fills in on load and the check ignores when
+unlinked. tests/comfy/test_example_workflows.py checks that the files are up to date and that each
 passes ComfyUI's own prompt validation.
 """
 

@@ -10,7 +10,7 @@ from harness import comfyui_available, import_comfyui, load_pack
 if comfyui_available():
     import_comfyui()
 else:
-    # Reported loudly by tests/conftest.py; with HIDIFF_REQUIRE_COMFYUI=1 the run fails.
+    # Reported loudly by tests/conftest.py; with HIDIFF_REQUIRED_TIERS=comfyui the run fails.
     collect_ignore_glob = ["test_*.py"]
 
 

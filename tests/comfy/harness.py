@@ -21,6 +21,27 @@ if str(REPO_ROOT) not in sys.path:
 # Shared with the benchmark, so both see ComfyUI and the pack the same way.
 from hidiff.bench.comfy_env import comfyui_available, comfyui_path, load_pack  # noqa: E402, F401
 
+FEATURE_SKIP = "needs a ComfyUI feature this version lacks:"
+"""Start of the reason of a skip that is allowed in CI: the running ComfyUI lacks what the test checks."""
+
+
+def comfyui_version() -> str | None:
+    """The version of the ComfyUI tree in use, read from its ``comfyui_version.py``."""
+    path = comfyui_path() / "comfyui_version.py"
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    return None
+
+
+def needs_feature(feature: str, present: bool):
+    """Mark a test that only means something where the running ComfyUI has ``feature``."""
+    import pytest
+
+    return pytest.mark.skipif(not present, reason=f"{FEATURE_SKIP} {feature}")
+
 
 def import_comfyui() -> None:
     """Put ComfyUI on sys.path and import it in CPU mode (tests never use a GPU)."""
@@ -102,27 +123,33 @@ def tiny_model(family: str, weight_seed: int = 1234):
     """
     key = (family, weight_seed)
     if key not in _MODELS:
-        import comfy.model_base
-        import comfy.model_management as mm
-        import comfy.model_patcher
-        import comfy.supported_models
-
-        config = dict(CONFIGS[family], dtype=torch.float32)
-        classes = {"sd15": comfy.supported_models.SD15, "sdxl": comfy.supported_models.SDXL}
-        model_config = (comfy.supported_models.SD20 if family == "sd2v" else classes[FAMILY_OF[family]])(config)
-        model_config.set_inference_dtype(torch.float32, None)
-        if family == "sd2v":
-            model = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.V_PREDICTION)
-        else:
-            model = model_config.get_model({})
-        generator = torch.Generator().manual_seed(weight_seed)
-        with torch.no_grad():
-            for param in model.parameters():
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-        _MODELS[key] = comfy.model_patcher.ModelPatcher(
-            model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
-        )
+        _MODELS[key] = fresh_model(family, weight_seed)
     return _MODELS[key]
+
+
+def fresh_model(family: str, weight_seed: int = 1234, **config_changes):
+    """A new ModelPatcher around a new tiny UNet of layout ``family`` (never cached): for tests
+    that change the module tree itself. ``config_changes`` are added to the UNet config."""
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = dict(CONFIGS[family], dtype=torch.float32, **config_changes)
+    classes = {"sd15": comfy.supported_models.SD15, "sdxl": comfy.supported_models.SDXL}
+    model_config = (comfy.supported_models.SD20 if family == "sd2v" else classes[FAMILY_OF[family]])(config)
+    model_config.set_inference_dtype(torch.float32, None)
+    if family == "sd2v":
+        model = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.V_PREDICTION)
+    else:
+        model = model_config.get_model({})
+    generator = torch.Generator().manual_seed(weight_seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def rau_patches(model) -> list:

@@ -13,7 +13,6 @@ tests/core checks the file is up to date), so the table can only claim what a te
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import comfy.supported_models
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from harness import CONFIGS, conditioning, rau_patches, sample, tiny_model
+from harness import CONFIGS, conditioning, fresh_model, rau_patches, sample, tiny_model
 from reference import naive_windowed
 
 OTHER_NODES = "Other nodes on the same model"
@@ -719,7 +718,7 @@ class Int8Conv(torch.nn.Module):
     "RAD never reads conv weights; it runs the layer on every other pixel.",
 )
 def test_quantised_downsample(pack):
-    base = copy.deepcopy(tiny_model("sd15").model)
+    base = fresh_model("sd15").model
     downsample = base.diffusion_model.input_blocks[3][0]
     downsample.op = Int8Conv(downsample.op)
     assert not hasattr(downsample.op, "weight")

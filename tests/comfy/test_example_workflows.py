@@ -361,10 +361,24 @@ def test_a_shifted_widget_list_is_caught(registry):
         to_prompt(workflow, registry)
 
 
+def without_unlinked_outputs(text: str) -> dict:
+    """A workflow with the outputs nothing links to left out of every node. The files are made
+    on the oldest supported ComfyUI; newer versions give some nodes more outputs (SaveImage has
+    an IMAGE output on 0.33.0), which the frontend adds from the node's definition on load."""
+    workflow = json.loads(text)
+    for node in workflow["nodes"]:
+        node["outputs"] = [out for out in node.get("outputs", []) if out.get("links")]
+    return workflow
+
+
 def test_files_are_up_to_date_with_the_generator(registry):
     rendered = load_generator().render_all(registry)
     assert set(rendered) == {path.name for path in WORKFLOW_FILES}
-    stale = [name for name, text in rendered.items() if (WORKFLOW_DIR / name).read_text() != text]
+    stale = [
+        name
+        for name, text in rendered.items()
+        if without_unlinked_outputs((WORKFLOW_DIR / name).read_text()) != without_unlinked_outputs(text)
+    ]
     assert not stale, f"out of date (run python scripts/make_example_workflows.py): {stale}"
 
 

@@ -16,7 +16,7 @@ import torch
 from harness import REPO_ROOT, pack_module, sample, tiny_model, widget_inputs
 from reference import naive_windowed
 
-SEED_WORKFLOWS = Path(os.environ.get("HIDIFF_SEED_DIR", REPO_ROOT.parent / "shared" / "seed")) / "workflows"
+SEED_WORKFLOWS = REPO_ROOT / "tests" / "data" / "seed_workflows"
 SEED_MSW_INPUTS = ["input_blocks", "middle_blocks", "output_blocks", "time_mode", "start_time", "end_time"]
 PRESET_BLOCKS = {"sd15": ("1,2", "9,10,11"), "sdxl": ("4,5", "3,4,5")}
 
@@ -102,8 +102,7 @@ def test_seed_widget_values_load_and_sample(pack, logs, family, widgets):
 
 
 def test_seed_example_workflow_files_use_these_widgets(pack):
-    if not SEED_WORKFLOWS.is_dir():
-        pytest.skip(f"seed workflows not found at {SEED_WORKFLOWS}")
+    assert len(list(SEED_WORKFLOWS.glob("*.json"))) == 2
     found = 0
     for path in SEED_WORKFLOWS.glob("*.json"):
         for node in json.loads(path.read_text())["nodes"]:
@@ -411,6 +410,7 @@ def test_simple_node_refuses_a_model_type_that_does_not_fit(pack):
 
 
 def tiny_flux():
+    import comfy.ldm.flux.model
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
@@ -433,6 +433,8 @@ def tiny_flux():
         "guidance_embed": False,
         "dtype": torch.float32,
     }
+    if "txt_ids_dims" in comfy.ldm.flux.model.FluxParams.__dataclass_fields__:  # ComfyUI 0.33.0 and newer
+        config["txt_ids_dims"] = []
     model_config = comfy.supported_models.Flux(config)
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import comfy.samplers
 import pytest
@@ -22,7 +20,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from harness import REPO_ROOT, pack_module, rau_patches, sample, tiny_model
 
-SEED_WORKFLOWS = Path(os.environ.get("HIDIFF_SEED_DIR", REPO_ROOT.parent / "shared" / "seed")) / "workflows"
+SEED_WORKFLOWS = REPO_ROOT / "tests" / "data" / "seed_workflows"
 SEED_INPUTS = [
     "input_blocks",
     "output_blocks",
@@ -169,8 +167,7 @@ def test_seed_workflows_load_and_sample(nodes, family, widgets, size):
 
 
 def test_seed_example_workflow_files_hold_these_widgets(nodes):
-    if not SEED_WORKFLOWS.is_dir():
-        pytest.skip(f"seed workflows not found at {SEED_WORKFLOWS}")
+    assert len(list(SEED_WORKFLOWS.glob("*.json"))) == 2
     found = [
         node["widgets_values"]
         for path in sorted(SEED_WORKFLOWS.glob("*.json"))

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Set up everything the tests and benchmarks need, on a machine that has only Python 3.10+:
-#   torch (CPU or CUDA build), ComfyUI (pinned release) at $COMFYUI_PATH or ~/comfy/ComfyUI,
-#   ComfyUI's Python requirements, and this pack's test tools.
+#   torch, a ComfyUI release at $COMFYUI_PATH (default ~/comfy/ComfyUI), that release's
+#   Python requirements, diffusers + peft, and this pack's pinned test tools.
+# COMFYUI_VERSION picks the release laid out when $COMFYUI_PATH has none yet: 0.3.64 (the
+# oldest supported, default) or 0.33.0 (the newest tested). A tree that is already there is
+# used as it is (its version is printed).
 # Safe to run again: every step is skipped when already done.
 set -euo pipefail
 
-COMFYUI_VERSION="v0.3.64"
+COMFYUI_VERSION="${COMFYUI_VERSION:-0.3.64}"
 COMFYUI_REPO="https://github.com/comfyanonymous/ComfyUI"
 COMFYUI_PATH="${COMFYUI_PATH:-$HOME/comfy/ComfyUI}"
 PYTHON="${PYTHON:-python3}"
 cd "$(dirname "$0")/.."
+REPO_ROOT="$PWD"
+# Release archives for machines that cannot reach GitHub (the project's shared folder, beside the repo).
+COMFYUI_TREE_TOOL="${COMFYUI_TREE_TOOL:-$REPO_ROOT/../shared/tools/comfyui-tree}"
 
 say() { echo "[setup] $*"; }
 
@@ -17,47 +23,83 @@ if ! "$PYTHON" -c "import torch, torchvision" 2>/dev/null; then
   say "installing torch 2.14.1 + torchvision 0.29.1"
   "$PYTHON" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 fi
+TORCH_PIN=$(mktemp)
+trap 'rm -f "$TORCH_PIN"' EXIT
+"$PYTHON" -c "import torch, torchvision; print(f'torch=={torch.__version__.split(\"+\")[0]}'); print(f'torchvision=={torchvision.__version__.split(\"+\")[0]}')" >"$TORCH_PIN"
 
 if [ ! -f "$COMFYUI_PATH/comfy/model_patcher.py" ]; then
-  say "ComfyUI not found at $COMFYUI_PATH; cloning $COMFYUI_VERSION"
+  say "ComfyUI not found at $COMFYUI_PATH; laying out ComfyUI $COMFYUI_VERSION"
   mkdir -p "$(dirname "$COMFYUI_PATH")"
-  if ! git clone --quiet --depth 1 --branch "$COMFYUI_VERSION" "$COMFYUI_REPO" "$COMFYUI_PATH"; then
-    echo "[setup] !!! Could not clone ComfyUI (no network to GitHub?)." >&2
-    echo "[setup] !!! Put a ComfyUI $COMFYUI_VERSION checkout at $COMFYUI_PATH or set COMFYUI_PATH, then run this again." >&2
+  if [ -x "$COMFYUI_TREE_TOOL" ] && "$COMFYUI_TREE_TOOL" "$COMFYUI_VERSION" "$COMFYUI_PATH"; then
+    :
+  elif ! git clone --quiet --depth 1 --branch "v$COMFYUI_VERSION" "$COMFYUI_REPO" "$COMFYUI_PATH"; then
+    echo "[setup] !!! Could not get ComfyUI $COMFYUI_VERSION (no release archive, no network to GitHub?)." >&2
+    echo "[setup] !!! Put a ComfyUI checkout at $COMFYUI_PATH or set COMFYUI_PATH, then run this again." >&2
     exit 1
   fi
 fi
-say "ComfyUI at $COMFYUI_PATH"
+found_version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFYUI_PATH/comfyui_version.py" 2>/dev/null || true)
+say "ComfyUI ${found_version:-(unknown version)} at $COMFYUI_PATH"
 
-# ComfyUI's requirements, minus what we never need: torch is handled above, torchaudio only
-# serves audio models, and the frontend/template/doc packages only serve the browser UI.
-requirements=$(grep -vE '^\s*(#|$)' "$COMFYUI_PATH/requirements.txt" \
-  | grep -vE '^(torch|torchvision|torchaudio|comfyui-frontend-package|comfyui-workflow-templates|comfyui-embedded-docs)\b' || true)
-missing=$("$PYTHON" - "$requirements" <<'PY'
+"$PYTHON" -c "import packaging.requirements" 2>/dev/null || "$PYTHON" -m pip install --quiet packaging
+# ComfyUI's requirements that are missing or too old, minus what we never need: torch is
+# handled above, torchaudio below, and the frontend/template/doc packages only serve the browser UI.
+missing=$("$PYTHON" - "$COMFYUI_PATH/requirements.txt" <<'PY'
 import sys
 from importlib.metadata import PackageNotFoundError, version
-import re
-for line in sys.argv[1].split():
-    name = re.split(r"[<>=~!\[]", line, maxsplit=1)[0]
+
+from packaging.requirements import Requirement
+
+SKIP = {"torch", "torchvision", "torchaudio", "comfyui-frontend-package", "comfyui-workflow-templates",
+        "comfyui-embedded-docs"}
+for line in open(sys.argv[1]):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    requirement = Requirement(line)
+    if requirement.name.lower() in SKIP or (requirement.marker and not requirement.marker.evaluate()):
+        continue
     try:
-        version(name)
+        if requirement.specifier.contains(version(requirement.name), prereleases=True):
+            continue
     except PackageNotFoundError:
-        print(line)
+        pass
+    print(line)
 PY
 )
 if [ -n "$missing" ]; then
   say "installing ComfyUI requirements: $(echo $missing)"
   # shellcheck disable=SC2086
-  "$PYTHON" -m pip install --quiet $missing
+  "$PYTHON" -m pip install --quiet -c "$TORCH_PIN" $missing
+fi
+
+# ComfyUI 0.33.0 imports torchaudio unconditionally (comfy/sd.py -> the audio VAE). No build
+# matches torch 2.14.1; 2.11.1 without its dependencies imports and only serves audio models.
+if ! "$PYTHON" -c "import torchaudio" 2>/dev/null; then
+  say "installing torchaudio 2.11.1 (no dependencies; ComfyUI imports it, audio models only use it)"
+  "$PYTHON" -m pip install --quiet --no-deps "torchaudio==2.11.1"
 fi
 
 if ! "$PYTHON" -c "import diffusers.hooks, peft" 2>/dev/null; then
   say "installing diffusers + peft (for the diffusers adapter's tests)"
-  "$PYTHON" -m pip install --quiet "diffusers==0.42.1" peft
+  "$PYTHON" -m pip install --quiet -c "$TORCH_PIN" "diffusers==0.42.1" "peft==0.21.2"
 fi
 
-if ! "$PYTHON" -c "import pytest, ruff, yaml" 2>/dev/null; then
-  say "installing test tools"
-  "$PYTHON" -m pip install --quiet "pytest>=8" "ruff>=0.6" pyyaml
+TEST_TOOLS=("pytest==9.0.3" "ruff==0.17.6" "pyyaml==6.0.3")
+if ! "$PYTHON" - "${TEST_TOOLS[@]}" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+for pin in sys.argv[1:]:
+    name, wanted = pin.split("==")
+    try:
+        if version(name) != wanted:
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+PY
+then
+  say "installing test tools: ${TEST_TOOLS[*]}"
+  "$PYTHON" -m pip install --quiet -c "$TORCH_PIN" "${TEST_TOOLS[@]}"
 fi
 say "done"

@@ -228,7 +228,7 @@ def describe_run(
     import comfy.model_management as mm
     import torch
 
-    from . import unet_call
+    from . import comfy_env, unet_call
     from .models import parameter_count
 
     info = machine.describe(device)
@@ -251,6 +251,8 @@ def describe_run(
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "attention": getattr(comfy_attention.optimized_attention, "__name__", "?"),
+        "loader": comfy_env.model_loader(),
+        "comfyui": comfy_env.comfyui_version(),
         "machine": info,
         "machine_name": machine.name(info, device),
         "load_average_1min": {"start": load_start, "end": machine.load_average()},

@@ -25,6 +25,17 @@ def comfyui_path() -> Path:
     return Path(os.environ.get("COMFYUI_PATH") or "~/comfy/ComfyUI").expanduser().resolve()
 
 
+def comfyui_version() -> str | None:
+    """The version of the ComfyUI tree in use, read from its ``comfyui_version.py``."""
+    path = comfyui_path() / "comfyui_version.py"
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    return None
+
+
 def comfyui_available() -> bool:
     root = comfyui_path()
     return (root / "comfy" / "model_patcher.py").is_file() and (root / "nodes.py").is_file()
@@ -44,6 +55,7 @@ def import_comfyui(*, cpu: bool) -> None:
     root = str(comfyui_path())
     if root not in sys.path:
         sys.path.insert(0, root)
+    dynamic = False
     if "comfy.model_management" not in sys.modules:
         import comfy.cli_args
         import comfy.options  # noqa: F401  (must come first: it owns args_parsing)
@@ -51,8 +63,78 @@ def import_comfyui(*, cpu: bool) -> None:
         if cpu or not _accelerator_present():
             # As if ComfyUI had been started with --cpu, through its own argument parser.
             comfy.cli_args.parser.parse_args(["--cpu"], namespace=comfy.cli_args.args)
+        else:
+            dynamic = _start_aimdo()
     import comfy.model_management  # noqa: F401
     import nodes  # noqa: F401
+
+    if dynamic:
+        _enable_dynamic_vram()
+
+
+def _start_aimdo() -> bool:
+    """The first half of main.py's dynamic-VRAM start (ComfyUI 0.33.0 ``main.py:96-108``).
+
+    ComfyUI versions with comfy-aimdo load models through ``ModelPatcherDynamic`` by
+    default on NVIDIA GPUs; ``main.py`` sets that up before anything imports the model
+    code. The bench imports ComfyUI without ``main.py``, so it repeats those steps to
+    measure the loader users run. Returns whether the second half should follow.
+    """
+    import comfy.cli_args
+
+    enables = getattr(comfy.cli_args, "enables_dynamic_vram", None)
+    if enables is None or not enables():
+        return False
+    try:
+        import comfy_aimdo.control
+    except ImportError:
+        return False
+    args = comfy.cli_args.args
+    headroom = None if args.reserve_vram is None else int(args.reserve_vram * 1024**3)
+    for kwargs in (
+        {"simple_vram_headroom": headroom, "nvml_pressure": not args.disable_nvml_pressure},
+        {"simple_vram_headroom": headroom},
+        {},
+    ):  # newest comfy-aimdo protocol first, as main.py tries them
+        try:
+            comfy_aimdo.control.init(**kwargs)
+            return True
+        except TypeError:
+            continue
+    return False
+
+
+def _enable_dynamic_vram() -> None:
+    """The second half (ComfyUI 0.33.0 ``main.py:291-331``): dynamic VRAM on a supported GPU.
+
+    These are ComfyUI's own start-up assignments, made here only because the bench is the
+    process's ``main``; the pack itself never assigns ComfyUI's globals.
+    """
+    import comfy.cli_args
+    import comfy.memory_management
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy_aimdo.control
+
+    supported = mm.is_nvidia() or (mm.is_amd() and getattr(mm, "rocm_version", (0, 0)) >= (7, 14))
+    if not supported or mm.torch_version_numeric < (2, 8):
+        return
+    args = comfy.cli_args.args
+    devices = mm.get_all_torch_devices()
+    try:
+        started = comfy_aimdo.control.init_devices((d.index, int(args.vram_headroom * 1024**3)) for d in devices)
+    except TypeError:
+        started = comfy_aimdo.control.init_devices(d.index for d in devices)
+    if started:
+        comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+        comfy.memory_management.aimdo_enabled = True
+
+
+def model_loader() -> str:
+    """The ModelPatcher class ComfyUI's loaders use in this process (dynamic VRAM or the legacy one)."""
+    import comfy.model_patcher
+
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher).__name__
 
 
 def _accelerator_present() -> bool:

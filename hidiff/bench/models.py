@@ -150,7 +150,9 @@ def build_model(spec: ModelSpec, seed: int, dtype: Any = None) -> Any:
             noise = torch.empty(param.shape, dtype=torch.float32).normal_(0.0, WEIGHT_STD, generator=generator)
             param.copy_(noise)
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
+    # The class ComfyUI's own loaders use: ModelPatcherDynamic where dynamic VRAM is on.
+    patcher = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    return patcher(model, load_device=device, offload_device=mm.unet_offload_device())
 
 
 def text_conditioning(spec: ModelSpec, generator: Any, width: int, height: int) -> list:

@@ -117,7 +117,8 @@ def write_header(out: TextIO, meta: dict[str, Any]) -> None:
         f"HiDiffusion benchmark: {m['model_title']} ({m['parameters'] / 1e6:.1f} M parameters, random "
         f"N(0, {WEIGHT_STD}) weights, {m['dtype']}) on {m['device']}\n"
         f"machine: {m['machine_name']}\n"
-        f"torch {m['torch']}, ComfyUI attention {m['attention']}, {m['threads']} CPU threads, "
+        f"torch {m['torch']}, ComfyUI {m['comfyui']} (model loader {m['loader']}, attention {m['attention']}), "
+        f"{m['threads']} CPU threads, "
         f"load {m['load_average_1min']['start']} -> {m['load_average_1min']['end']}\n\n"
     )
 

@@ -19,21 +19,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 # Shared with the benchmark, so both see ComfyUI and the pack the same way.
-from hidiff.bench.comfy_env import comfyui_available, comfyui_path, load_pack  # noqa: E402, F401
+from hidiff.bench.comfy_env import comfyui_available, comfyui_path, comfyui_version, load_pack  # noqa: E402, F401
 
 FEATURE_SKIP = "needs a ComfyUI feature this version lacks:"
 """Start of the reason of a skip that is allowed in CI: the running ComfyUI lacks what the test checks."""
-
-
-def comfyui_version() -> str | None:
-    """The version of the ComfyUI tree in use, read from its ``comfyui_version.py``."""
-    path = comfyui_path() / "comfyui_version.py"
-    if not path.is_file():
-        return None
-    for line in path.read_text().splitlines():
-        if line.startswith("__version__"):
-            return line.split("=", 1)[1].strip().strip("\"'")
-    return None
 
 
 def needs_feature(feature: str, present: bool):

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from hidiff.bench import cli, flops, models, unet_call
+from hidiff.bench.comfy_env import comfyui_version
 
 TINY = {
     "sd15": replace(
@@ -129,6 +130,9 @@ def test_the_command_runs_end_to_end_and_writes_its_report(pack, monkeypatch, tm
     assert set(rows) == set(unet_call.CONFIG_NAMES) and all(row["available"] for row in rows.values())
     assert rows["both"]["flop_ratio_vs_off"] > 1.0 and rows["both"]["attention_matches_hand_count"] is True
     assert document["device_type"] == "cpu" and document["latent"] == [32, 32]
+    # on a CPU ComfyUI never starts dynamic VRAM: the legacy loader, named with the version
+    assert document["loader"] == "ModelPatcher" and document["comfyui"] == comfyui_version()
+    assert f"ComfyUI {comfyui_version()} (model loader ModelPatcher, attention " in text
     run = document["schedule"]
     assert [len(run["step_seconds"][name]) for name in ("off", "simple")] == [4, 4]
     assert run["speedup"] == pytest.approx(run["total_s"]["off"] / run["total_s"]["simple"])

@@ -114,12 +114,21 @@ ASSIGNMENT = re.compile(
 )
 
 
+STARTUP_AS_MAIN = {
+    "hidiff/bench/comfy_env.py: comfy.model_patcher.CoreModelPatcher =",
+    "hidiff/bench/comfy_env.py: comfy.memory_management.aimdo_enabled =",
+}
+"""ComfyUI's own dynamic-VRAM start-up lines (0.33.0 main.py:328-329), which the benchmark
+repeats because it is its process's ``main`` (so its figures use the loader users run). They
+live in the bench only; ComfyUI never imports the bench, and the pack's runtime has none."""
+
+
 def test_the_package_assigns_no_attribute_of_comfyui_or_third_party_modules():
-    offenders = []
+    offenders = set()
     for path in (REPO_ROOT / "hidiff").rglob("*.py"):
         for match in ASSIGNMENT.finditer(path.read_text()):
-            offenders.append(f"{path.relative_to(REPO_ROOT)}: {match.group(0).strip()}")
-    assert offenders == []
+            offenders.add(f"{path.relative_to(REPO_ROOT)}: {match.group(0).strip()}")
+    assert offenders == STARTUP_AS_MAIN
     # and the pattern does catch the monkeypatch earlier ports used
     assert ASSIGNMENT.search("openaimodel.apply_control = patched_apply_control\n")
     assert ASSIGNMENT.search("    comfy.ldm.modules.diffusionmodules.openaimodel.apply_control = f\n")

@@ -1,0 +1,195 @@
+"""Synthetic scenes for the quality lab: one structured subject on a textured background.
+
+The lab's models learn these 4-channel images directly (no VAE), so the channels carry
+what the counter must read back exactly, and the appearance that makes the task real:
+
+* channel 0, appearance: the background's colour with a stripe texture, the subject's own
+  colour with a finer texture;
+* channel 1, eyes: +1 on the two eyes, -1 elsewhere on the head, 0 off the head;
+* channel 2, parts: +1 on the head, -1 on the body, 0 on the background;
+* channel 3, mask: +1 on the subject (body and head), -1 on the background, with a weak
+  background texture so the model must learn to keep it below 0.
+
+A subject is a body (an ellipse), a head (a circle above it, along the body's axis) and
+two eyes (small discs inside the head, across the axis). Its height is 35-70 % of the
+frame's shorter side, its pose a rotation of up to 30 degrees, its place anywhere the
+whole subject fits. Everything comes from one ``torch.Generator``: the same seed gives
+the same scene in every process.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+CHANNELS = 4
+APPEARANCE, EYES, PARTS, MASK = range(CHANNELS)
+HEIGHT_RANGE = (0.40, 0.70)
+"""Subject height as a fraction of the frame's shorter side."""
+MAX_TILT = math.radians(30)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One figure: centre of the body, full height (head included), tilt, colour."""
+
+    y: float
+    x: float
+    height: float
+    tilt: float
+    colour: float
+
+    @property
+    def body(self) -> tuple[float, float]:
+        """Semi-axes (along, across) of the body ellipse."""
+        return 0.30 * self.height, 0.22 * self.height
+
+    @property
+    def head_radius(self) -> float:
+        return 0.22 * self.height
+
+    @property
+    def axis(self) -> tuple[float, float]:
+        """Unit vector from the body's centre towards the head (y, x); up is -y."""
+        return -math.cos(self.tilt), math.sin(self.tilt)
+
+    @property
+    def head_centre(self) -> tuple[float, float]:
+        along = self.body[0] + 0.75 * self.head_radius
+        ay, ax = self.axis
+        return self.y + along * ay, self.x + along * ax
+
+    @property
+    def eye_centres(self) -> list[tuple[float, float]]:
+        hy, hx = self.head_centre
+        ay, ax = self.axis
+        across = (ax, -ay)  # perpendicular to the axis
+        offset = 0.5 * self.head_radius
+        lift = 0.1 * self.head_radius
+        return [
+            (hy + side * offset * across[0] + lift * ay, hx + side * offset * across[1] + lift * ax)
+            for side in (-1.0, 1.0)
+        ]
+
+    @property
+    def eye_radius(self) -> float:
+        return max(0.25 * self.head_radius, 0.7)
+
+    def extent(self) -> float:
+        """A radius around the body's centre that holds the whole subject."""
+        along = self.body[0] + 0.75 * self.head_radius + self.head_radius
+        return max(along, self.body[0]) + 1.0
+
+
+def _grid(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ys = torch.arange(height, dtype=torch.float32).view(-1, 1).expand(height, width) + 0.5
+    xs = torch.arange(width, dtype=torch.float32).view(1, -1).expand(height, width) + 0.5
+    return ys, xs
+
+
+def _disc(ys: torch.Tensor, xs: torch.Tensor, centre: tuple[float, float], radius: float) -> torch.Tensor:
+    return (ys - centre[0]) ** 2 + (xs - centre[1]) ** 2 <= radius**2
+
+
+def _ellipse(ys: torch.Tensor, xs: torch.Tensor, subject: Subject) -> torch.Tensor:
+    ay, ax = subject.axis
+    dy, dx = ys - subject.y, xs - subject.x
+    along = dy * ay + dx * ax
+    across = dy * ax - dx * ay
+    a, b = subject.body
+    return (along / a) ** 2 + (across / b) ** 2 <= 1.0
+
+
+def random_subject(generator: torch.Generator, height: int, width: int, scale: float = 1.0) -> Subject:
+    """A subject that fits a height x width frame; ``scale`` multiplies the drawn size."""
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=generator))
+
+    size = uniform(*HEIGHT_RANGE) * min(height, width) * scale
+    tilt = uniform(-MAX_TILT, MAX_TILT)
+    colour = uniform(-1.0, 1.0)
+    probe = Subject(0.0, 0.0, size, tilt, colour)
+    # the body's centre sits so that the head and body stay inside the frame
+    ay, ax = probe.axis
+    head_y, head_x = probe.head_centre
+    reach = probe.head_radius + 1.0
+    b = max(probe.body) + 1.0
+    low_y = max(b, -head_y + reach)
+    high_y = min(height - b, height - head_y - reach)
+    low_x = max(b, -head_x + reach)
+    high_x = min(width - b, width - head_x - reach)
+    if low_y > high_y or low_x > high_x:
+        raise ValueError(f"a subject of height {size:.1f} does not fit a {height}x{width} frame")
+    return Subject(uniform(low_y, high_y), uniform(low_x, high_x), size, tilt, colour)
+
+
+def background(generator: torch.Generator, height: int, width: int) -> torch.Tensor:
+    """The textured background (4, height, width): stripes of a random angle and period."""
+    ys, xs = _grid(height, width)
+    angle = float(torch.rand((), generator=generator)) * math.pi
+    period = 3.0 + 4.0 * float(torch.rand((), generator=generator))
+    colour = -1.0 + 2.0 * float(torch.rand((), generator=generator))
+    stripes = torch.sin((ys * math.cos(angle) + xs * math.sin(angle)) * (2 * math.pi / period))
+    image = torch.zeros(CHANNELS, height, width)
+    image[APPEARANCE] = 0.6 * colour + 0.3 * stripes
+    image[MASK] = -1.0 + 0.15 * stripes
+    return image
+
+
+def draw(image: torch.Tensor, subject: Subject) -> torch.Tensor:
+    """``image`` with ``subject`` painted on it (a new tensor)."""
+    out = image.clone()
+    _, height, width = out.shape
+    ys, xs = _grid(height, width)
+    body = _ellipse(ys, xs, subject)
+    head = _disc(ys, xs, subject.head_centre, subject.head_radius)
+    eyes = torch.zeros_like(head)
+    for centre in subject.eye_centres:
+        eyes |= _disc(ys, xs, centre, subject.eye_radius)
+    eyes &= head
+    figure = body | head
+    texture = 0.15 * torch.cos(xs * 1.7 + ys * 0.9)
+    out[APPEARANCE] = torch.where(figure, subject.colour * 0.8 + texture, out[APPEARANCE])
+    out[MASK] = torch.where(figure, torch.ones_like(out[MASK]), out[MASK])
+    out[PARTS] = torch.where(head, 1.0, torch.where(body, -1.0, out[PARTS]))
+    out[EYES] = torch.where(head, torch.where(eyes, 1.0, -1.0), out[EYES])
+    return out
+
+
+def scene(seed: int, height: int, width: int) -> tuple[torch.Tensor, Subject]:
+    """One training scene: a background and exactly one subject."""
+    generator = torch.Generator().manual_seed(seed)
+    image = background(generator, height, width)
+    subject = random_subject(generator, height, width)
+    return draw(image, subject), subject
+
+
+def composed_scene(seed: int, height: int, width: int, count: int, native: int) -> tuple[torch.Tensor, list[Subject]]:
+    """A frame with ``count`` subjects of the training sizes for ``native``, none touching another.
+
+    For the counter's tests: subjects are placed one per cell of a grid (cells of at least
+    ``native`` px), each inside its cell with a pixel to spare, so none overlap or touch.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    image = background(generator, height, width)
+    columns = math.ceil(math.sqrt(count * width / height))
+    rows = math.ceil(count / columns)
+    cell_h, cell_w = height // rows, width // columns
+    if min(cell_h, cell_w) < native:
+        raise ValueError(f"{count} subjects of native size {native} do not fit a {height}x{width} frame")
+    subjects = []
+    for index in range(count):
+        row, column = divmod(index, columns)
+        local = random_subject(generator, cell_h, cell_w, scale=native / min(cell_h, cell_w))
+        placed = Subject(local.y + row * cell_h, local.x + column * cell_w, local.height, local.tilt, local.colour)
+        image = draw(image, placed)
+        subjects.append(placed)
+    return image, subjects
+
+
+def batch(seeds: range | list[int], height: int, width: int) -> torch.Tensor:
+    """Training scenes for ``seeds`` stacked as (N, 4, height, width)."""
+    return torch.stack([scene(seed, height, width)[0] for seed in seeds])

@@ -90,9 +90,10 @@ def _start_aimdo() -> bool:
     except ImportError:
         return False
     args = comfy.cli_args.args
-    headroom = None if args.reserve_vram is None else int(args.reserve_vram * 1024**3)
+    reserve = getattr(args, "reserve_vram", None)
+    headroom = None if reserve is None else int(reserve * 1024**3)
     for kwargs in (
-        {"simple_vram_headroom": headroom, "nvml_pressure": not args.disable_nvml_pressure},
+        {"simple_vram_headroom": headroom, "nvml_pressure": not getattr(args, "disable_nvml_pressure", False)},
         {"simple_vram_headroom": headroom},
         {},
     ):  # newest comfy-aimdo protocol first, as main.py tries them
@@ -117,12 +118,12 @@ def _enable_dynamic_vram() -> None:
     import comfy_aimdo.control
 
     supported = mm.is_nvidia() or (mm.is_amd() and getattr(mm, "rocm_version", (0, 0)) >= (7, 14))
-    if not supported or mm.torch_version_numeric < (2, 8):
+    if not supported or getattr(mm, "torch_version_numeric", (0, 0)) < (2, 8):
         return
-    args = comfy.cli_args.args
+    headroom = int(getattr(comfy.cli_args.args, "vram_headroom", 0) * 1024**3)
     devices = mm.get_all_torch_devices()
     try:
-        started = comfy_aimdo.control.init_devices((d.index, int(args.vram_headroom * 1024**3)) for d in devices)
+        started = comfy_aimdo.control.init_devices((d.index, headroom) for d in devices)
     except TypeError:
         started = comfy_aimdo.control.init_devices(d.index for d in devices)
     if started:

@@ -114,12 +114,15 @@ def prompt(input_blocks: str = "1,2") -> dict:
 
 def test_nodes_are_served_with_tooltips(server):
     url, _ = server
+    _, core = http(f"{url}/object_info/PatchModelAddDownscale")
+    deep_shrink = core["PatchModelAddDownscale"]["category"]  # next to core's Deep Shrink in every version
+    assert deep_shrink in ("model_patches/unet", "model/patch/unet")
     for node_id in ("ApplyMSWMSAAttention", "ApplyMSWMSAAttentionSimple"):
         status, info = http(f"{url}/object_info/{node_id}")
         assert status == 200 and node_id in info
         required = info[node_id]["input"]["required"]
         assert all(spec[1].get("tooltip") for spec in required.values())
-        assert info[node_id]["category"] == "model_patches/unet"
+        assert info[node_id]["category"] == deep_shrink
 
 
 def test_prompt_runs_to_success(server):

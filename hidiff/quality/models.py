@@ -1,0 +1,125 @@
+"""The lab's two small models: ComfyUI's own UNet classes in the SD1.5 and SDXL layouts.
+
+Both are built through ``comfy.supported_models`` (SD15 and SDXL), so every node sees an
+SD1.x or an SDXL model with the real block layout: SD1.5's four levels with Downsample at
+input blocks 3, 6 and 9 and attention on the first three levels; SDXL's three levels with
+attention from level 1 down. Widths are small so they train on a CPU. They predict epsilon
+on SD's discrete schedule (ComfyUI's default ``model_sampling`` for both), on 4-channel
+scene "latents" of :data:`NATIVE` x :data:`NATIVE` (no VAE).
+
+The cross-attention context is one fixed token (:func:`context`), and the unconditional
+context zeros, so CFG works as with a text prompt. SDXL's ``y`` vector is what ComfyUI's
+SDXL model builds from a zero pooled output and the native size in pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+NATIVE = 32
+"""The side of the training scenes, in latent pixels (256 px as an "image")."""
+CONTEXT_DIM = 32
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "sd15": {
+        "use_checkpoint": False,
+        "image_size": NATIVE,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "in_channels": 4,
+        "model_channels": 32,
+        "num_res_blocks": [2, 2, 2, 2],
+        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+        "channel_mult": [1, 2, 4, 4],
+        "transformer_depth_middle": 1,
+        "use_linear_in_transformer": False,
+        "context_dim": CONTEXT_DIM,
+        "num_heads": 2,
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    },
+    "sdxl": {
+        "use_checkpoint": False,
+        "image_size": NATIVE,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "num_classes": "sequential",
+        "adm_in_channels": 2816,
+        "in_channels": 4,
+        "model_channels": 32,
+        "num_res_blocks": [2, 2, 2],
+        "transformer_depth": [0, 0, 1, 1, 1, 1],
+        "channel_mult": [1, 2, 4],
+        "transformer_depth_middle": 1,
+        "use_linear_in_transformer": True,
+        "context_dim": CONTEXT_DIM,
+        "num_head_channels": 16,
+        "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    },
+}
+MODEL_CLASSES = {"sd15": "SD15", "sdxl": "SDXL"}
+
+
+def context(batch: int = 1) -> torch.Tensor:
+    """The one "prompt" the models know: a fixed token (seeded, the same in every process)."""
+    token = torch.randn(1, 1, CONTEXT_DIM, generator=torch.Generator().manual_seed(20240601))
+    return token.expand(batch, 1, CONTEXT_DIM).clone()
+
+
+def base_model(layout: str) -> Any:
+    """ComfyUI's BaseModel for ``layout`` in fp32 on the CPU, with ComfyUI's default init."""
+    import comfy.supported_models
+
+    model_config = getattr(comfy.supported_models, MODEL_CLASSES[layout])(dict(LAYOUTS[layout], dtype=torch.float32))
+    model_config.set_inference_dtype(torch.float32, None)
+    return model_config.get_model({})
+
+
+def adm(model: Any, batch: int) -> torch.Tensor | None:
+    """SDXL's ``y`` for the native size (None for SD1.5), as ComfyUI builds it when sampling."""
+    if LAYOUTS_BY_MODEL.get(type(model).__name__) != "sdxl":
+        return None
+    pixels = NATIVE * 8
+    y = model.encode_adm(pooled_output=torch.zeros(1, 1280), width=pixels, height=pixels)
+    return y.expand(batch, -1)
+
+
+LAYOUTS_BY_MODEL = {"BaseModel": "sd15", "SDXL": "sdxl"}
+
+
+def weights_path(layout: str) -> Path:
+    return WEIGHTS_DIR / f"lab_{layout}.safetensors"
+
+
+def load(layout: str) -> Any:
+    """A ModelPatcher around the committed lab model of ``layout``, as a loader would give it."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.utils
+
+    model = base_model(layout)
+    state = comfy.utils.load_torch_file(str(weights_path(layout)))
+    model.diffusion_model.load_state_dict(state, strict=True)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
+
+
+def conditioning(batch_context: torch.Tensor | None = None) -> tuple[list, list]:
+    """Positive and negative CONDITIONING for the lab models (SDXL's sizes set to the native ones)."""
+    pixels = NATIVE * 8
+    extra = {"pooled_output": torch.zeros(1, 1280), "width": pixels, "height": pixels}
+    positive = [[context() if batch_context is None else batch_context, dict(extra)]]
+    negative = [[torch.zeros(1, 1, CONTEXT_DIM), dict(extra)]]
+    return positive, negative

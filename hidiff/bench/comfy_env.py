@@ -41,7 +41,7 @@ def comfyui_available() -> bool:
     return (root / "comfy" / "model_patcher.py").is_file() and (root / "nodes.py").is_file()
 
 
-def import_comfyui(*, cpu: bool) -> None:
+def import_comfyui(*, cpu: bool, args: tuple[str, ...] = ()) -> None:
     """Put ComfyUI on ``sys.path`` and import it, on the CPU when ``cpu`` or when torch sees no accelerator.
 
     ComfyUI's device choice is made once, when ``comfy.model_management`` is first
@@ -61,9 +61,11 @@ def import_comfyui(*, cpu: bool) -> None:
         import comfy.options  # noqa: F401  (must come first: it owns args_parsing)
 
         if cpu or not _accelerator_present():
-            # As if ComfyUI had been started with --cpu, through its own argument parser.
-            comfy.cli_args.parser.parse_args(["--cpu"], namespace=comfy.cli_args.args)
+            # As if ComfyUI had been started with --cpu (and ``args``), through its own argument parser.
+            comfy.cli_args.parser.parse_args(["--cpu", *args], namespace=comfy.cli_args.args)
         else:
+            if args:
+                comfy.cli_args.parser.parse_args(list(args), namespace=comfy.cli_args.args)
             dynamic = _start_aimdo()
     import comfy.model_management  # noqa: F401
     import nodes  # noqa: F401

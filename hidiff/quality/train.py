@@ -31,6 +31,18 @@ logger = logging.getLogger("hidiffusion.quality")
 UNCOND_RATE = 0.1
 
 
+def _pytorch_attention(func: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+    import comfy.ldm.modules.attention
+
+    return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
+
+
+TRAINING_OPTIONS = {"optimized_attention_override": _pytorch_attention}
+"""Training runs attention through PyTorch's SDPA (ComfyUI's official per-call override):
+on a CPU its backward is several times faster than the sub-quadratic kernel ComfyUI picks
+there for inference. Sampling in the lab uses whatever ComfyUI picks, as users get."""
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     layout: str
@@ -105,7 +117,7 @@ def _train(settings: TrainSettings, progress: Any) -> dict[str, torch.Tensor]:
         for group in optimiser.param_groups:  # a short warm-up, then cosine decay
             warm = min(1.0, (step + 1) / 200)
             group["lr"] = settings.learning_rate * warm * 0.5 * (1 + math.cos(math.pi * step / settings.steps))
-        out = unet(x_in, t.float(), context=ctx, y=y)
+        out = unet(x_in, t.float(), context=ctx, y=y, transformer_options=TRAINING_OPTIONS)
         loss = torch.nn.functional.mse_loss(out, eps)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

@@ -85,11 +85,11 @@ def base_model(layout: str) -> Any:
     return model_config.get_model({})
 
 
-def adm(model: Any, batch: int) -> torch.Tensor | None:
+def adm(model: Any, batch: int, native: int = NATIVE) -> torch.Tensor | None:
     """SDXL's ``y`` for the native size (None for SD1.5), as ComfyUI builds it when sampling."""
     if LAYOUTS_BY_MODEL.get(type(model).__name__) != "sdxl":
         return None
-    pixels = NATIVE * 8
+    pixels = native * 8
     y = model.encode_adm(pooled_output=torch.zeros(1, 1280), width=pixels, height=pixels)
     return y.expand(batch, -1)
 
@@ -116,9 +116,9 @@ def load(layout: str) -> Any:
     )
 
 
-def conditioning(batch_context: torch.Tensor | None = None) -> tuple[list, list]:
+def conditioning(batch_context: torch.Tensor | None = None, native: int = NATIVE) -> tuple[list, list]:
     """Positive and negative CONDITIONING for the lab models (SDXL's sizes set to the native ones)."""
-    pixels = NATIVE * 8
+    pixels = native * 8
     extra = {"pooled_output": torch.zeros(1, 1280), "width": pixels, "height": pixels}
     positive = [[context() if batch_context is None else batch_context, dict(extra)]]
     negative = [[torch.zeros(1, 1, CONTEXT_DIM), dict(extra)]]

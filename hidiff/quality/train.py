@@ -46,6 +46,7 @@ there for inference. Sampling in the lab uses whatever ComfyUI picks, as users g
 @dataclass(frozen=True)
 class TrainSettings:
     layout: str
+    native: int = NATIVE
     steps: int = 6000
     batch: int = 32
     learning_rate: float = 4e-4
@@ -79,7 +80,7 @@ def initialise(unet: torch.nn.Module, generator: torch.Generator) -> None:
 def dataset(settings: TrainSettings) -> torch.Tensor:
     """The training scenes, one per seed (seeds offset by the run's seed)."""
     first = settings.seed * 1_000_003
-    return scenes.batch(range(first, first + settings.dataset), NATIVE, NATIVE)
+    return scenes.batch(range(first, first + settings.dataset), settings.native, settings.native)
 
 
 def train(settings: TrainSettings, progress: Any = None) -> dict[str, torch.Tensor]:
@@ -101,7 +102,7 @@ def _train(settings: TrainSettings, progress: Any) -> dict[str, torch.Tensor]:
     ema = {name: value.detach().clone() for name, value in unet.state_dict().items()}
     optimiser = torch.optim.AdamW(unet.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     cond = context(settings.batch)
-    y = adm(model, settings.batch)
+    y = adm(model, settings.batch, settings.native)
     start = time.perf_counter()
     for step in range(settings.steps):
         index = torch.randint(0, data.shape[0], (settings.batch,), generator=generator)

@@ -63,15 +63,17 @@ def initialise(unet: torch.nn.Module, generator: torch.Generator) -> None:
     weight), so the lab initialises them itself. The last conv starts at 0, so the model
     starts by predicting no noise, as the ldm code intends.
     """
+    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
     with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if param.dim() > 1:
-                fan_in = param[0].numel()
-                param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(fan_in))
-            elif "norm" in name and name.endswith("weight"):
-                param.fill_(1.0)
-            else:
-                param.zero_()
+        for module in unet.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if isinstance(module, norms):
+                    param.fill_(1.0 if name == "weight" else 0.0)
+                elif param.dim() > 1:
+                    fan_in = param[0].numel()
+                    param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(fan_in))
+                else:
+                    param.zero_()
         last = unet.out[-1]
         last.weight.zero_()
         last.bias.zero_()
@@ -83,13 +85,16 @@ def dataset(settings: TrainSettings) -> torch.Tensor:
     return scenes.batch(range(first, first + settings.dataset), settings.native, settings.native)
 
 
-def train(settings: TrainSettings, progress: Any = None) -> dict[str, torch.Tensor]:
-    """Train one lab model; returns the EMA weights of its ``diffusion_model``."""
+def train(settings: TrainSettings, progress: Any = None, losses: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """Train one lab model; returns the EMA weights of its ``diffusion_model``.
+
+    ``progress`` gets a line every 200 steps; ``losses``, if given, every step's loss.
+    """
     with torch.inference_mode(False), torch.enable_grad():
-        return _train(settings, progress)
+        return _train(settings, progress, losses)
 
 
-def _train(settings: TrainSettings, progress: Any) -> dict[str, torch.Tensor]:
+def _train(settings: TrainSettings, progress: Any, losses: list[float] | None) -> dict[str, torch.Tensor]:
     torch.set_num_threads(settings.threads)
     generator = torch.Generator().manual_seed(settings.seed)
     model = base_model(settings.layout)
@@ -116,7 +121,7 @@ def _train(settings: TrainSettings, progress: Any) -> dict[str, torch.Tensor]:
         drop = torch.rand(settings.batch, generator=generator) < UNCOND_RATE
         ctx = torch.where(drop[:, None, None], torch.zeros_like(cond), cond)
         for group in optimiser.param_groups:  # a short warm-up, then cosine decay
-            warm = min(1.0, (step + 1) / 200)
+            warm = min(1.0, (step + 1) / max(1, min(200, settings.steps // 10)))
             group["lr"] = settings.learning_rate * warm * 0.5 * (1 + math.cos(math.pi * step / settings.steps))
         out = unet(x_in, t.float(), context=ctx, y=y, transformer_options=TRAINING_OPTIONS)
         loss = torch.nn.functional.mse_loss(out, eps)
@@ -124,9 +129,12 @@ def _train(settings: TrainSettings, progress: Any) -> dict[str, torch.Tensor]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimiser.step()
+        if losses is not None:
+            losses.append(loss.item())
+        decay = min(settings.ema, (1 + step) / (10 + step))  # warm-up: the random start fades out
         with torch.no_grad():
             for name, value in unet.state_dict().items():
-                ema[name].mul_(settings.ema).add_(value.detach(), alpha=1 - settings.ema)
+                ema[name].mul_(decay).add_(value.detach(), alpha=1 - decay)
         if progress is not None and (step % 200 == 0 or step == settings.steps - 1):
             progress(f"step {step + 1}/{settings.steps}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
     return {name: value.contiguous() for name, value in ema.items()}

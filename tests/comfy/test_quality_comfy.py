@@ -23,6 +23,16 @@ def test_training_runs_and_the_same_seed_gives_the_same_weights(pack, layout):
     assert any(not torch.equal(first[name], other[name]) for name in first)
 
 
+def test_training_lowers_the_loss(pack):
+    """A few dozen steps on a small batch: the epsilon loss falls well below its start (about 1,
+    predicting no noise). A model whose norms or weights start dead stays at 1."""
+    losses: list[float] = []
+    settings = train.TrainSettings(layout="sdxl", native=16, steps=80, batch=8, dataset=64, threads=2)
+    train.train(settings, losses=losses)
+    assert len(losses) == 80 and losses[0] > 0.9
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+
+
 @pytest.mark.parametrize(("layout", "family"), [("sd15", "SD15"), ("sdxl", "SDXL")])
 def test_the_lab_models_have_the_real_layouts(pack, layout, family):
     """The nodes read the lab models as the families they stand for, with the standard pairs."""

@@ -7,7 +7,7 @@ import sys
 
 USAGE = (
     "usage: python -m hidiff bench [--size WxH] [--model sd15|sdxl] [--steps N] [--json [PATH]] [...]\n"
-    "       python -m hidiff quality train --layout sd15|sdxl [...]; see --help of each\n"
+    "       python -m hidiff quality [--full] [...] | quality train --layout sd15|sdxl; see --help of each\n"
 )
 
 

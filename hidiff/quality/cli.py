@@ -1,21 +1,65 @@
 """``python -m hidiff quality ...``: the quality lab's commands.
 
+python -m hidiff quality                 the short run: 3x side, unpatched beside HiDiffusion, a picture
+python -m hidiff quality --full          every configuration, size and sampler (--json, --grids)
 python -m hidiff quality train --layout sd15|sdxl [--steps N] [--seed S] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
 
+SHORT_PICTURE = Path("hidiff-quality.png")
+
+
+def _scale(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        values = tuple(int(part) for part in (parts * 2 if len(parts) == 1 else parts))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a scale looks like 3 or 2x3 (height x width), got {text!r}") from None
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"a scale looks like 3 or 2x3 (height x width), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _list(choices: tuple[str, ...]):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(part.strip() for part in text.split(",") if part.strip())
+        unknown = [name for name in names if name not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}; got {text!r}")
+        return names
+
+    return parse
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hidiff quality", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    from .lab import CONFIG_NAMES, SAMPLERS
+    from .models import LAYOUT_NAMES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hidiff quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--full", action="store_true", help="the whole matrix (default: the short run)")
+    parser.add_argument("--layouts", type=_list(LAYOUT_NAMES), default=None, help="comma list: sdxl,sd15")
+    parser.add_argument("--configs", type=_list(CONFIG_NAMES), default=None, help="comma list of configurations")
+    parser.add_argument("--scales", type=lambda t: tuple(_scale(p) for p in t.split(",")), default=None,
+                        help="comma list of side multiples, e.g. 1,2,3,4,2x3")  # fmt: skip
+    parser.add_argument("--samplers", type=_list(SAMPLERS), default=None, help="comma list of samplers")
+    parser.add_argument("--seeds", type=int, default=None, help="images per cell (full run: 64, short: 8)")
+    parser.add_argument("--json", type=Path, default=None, help="write every row as JSON here")
+    parser.add_argument("--grids", type=Path, default=None, help="write PNG grids of samples into this folder")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the tables, machine and command here")
+    parser.add_argument("--picture", type=Path, default=SHORT_PICTURE, help="the short run's picture")
+    commands = parser.add_subparsers(dest="command")
     train = commands.add_parser("train", help="train a lab model on one-subject scenes (deterministic, CPU)")
-    train.add_argument("--layout", choices=("sd15", "sdxl"), required=True)
+    train.add_argument("--layout", choices=LAYOUT_NAMES, required=True)
     train.add_argument("--steps", type=int, default=None, help="training steps (default: the settings' own)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
@@ -29,7 +73,6 @@ def progress(message: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     from ..bench import comfy_env
 
@@ -38,12 +81,52 @@ def main(argv: list[str]) -> int:
     except comfy_env.ComfyUINotFoundError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
-    from . import train
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        return _train(args)
+    return _lab(args, argv)
 
-    settings = train.TrainSettings(layout=args.layout, seed=args.seed)
-    if args.steps is not None:
-        settings = train.TrainSettings(layout=args.layout, seed=args.seed, steps=args.steps)
+
+def _train(args: argparse.Namespace) -> int:
+    from . import models, train
+
+    fields = {"layout": args.layout, "seed": args.seed} | ({"steps": args.steps} if args.steps else {})
+    settings = train.TrainSettings(**fields)
     weights = train.train(settings, progress)
-    path = train.save(weights, args.layout, args.out)
+    path = train.save(weights, args.layout, settings.native or models.native_of(args.layout), args.out)
     progress(f"wrote {path} (sha256 {train.sha256(path)})")
+    return 0
+
+
+def _lab(args: argparse.Namespace, argv: list[str]) -> int:
+    from . import lab, report
+
+    settings = lab.SHORT if not args.full else lab.LabSettings()
+    overrides = {
+        "layouts": args.layouts,
+        "configs": args.configs,
+        "scales": args.scales,
+        "samplers": args.samplers,
+        "seeds": args.seeds,
+    }
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        rows, images = lab.run(settings, lambda row: progress(report.format_row(row)))
+    except FileNotFoundError as exc:
+        progress(str(exc))
+        return 2
+    sys.stdout.write(report.table(rows) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps({"settings": report.describe(settings), "rows": rows}, indent=1) + "\n")
+        progress(f"wrote {args.json}")
+    grids = report.write_grids(images, args.grids) if args.grids else []
+    for path in grids:
+        progress(f"wrote {path}")
+    if args.markdown:
+        command = "python -m hidiff quality " + " ".join(argv)
+        args.markdown.write_text(report.markdown(rows, settings, command, grids, args.markdown.parent))
+        progress(f"wrote {args.markdown}")
+    if not args.full:
+        path = report.short_picture(images, settings, args.picture)
+        progress(f"wrote {path}")
     return 0

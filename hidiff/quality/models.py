@@ -5,7 +5,7 @@ SD1.x or an SDXL model with the real block layout: SD1.5's four levels with Down
 input blocks 3, 6 and 9 and attention on the first three levels; SDXL's three levels with
 attention from level 1 down. Widths are small so they train on a CPU. They predict epsilon
 on SD's discrete schedule (ComfyUI's default ``model_sampling`` for both), on 4-channel
-scene "latents" of :data:`NATIVE` x :data:`NATIVE` (no VAE).
+scene "latents" of their native side (:data:`NATIVE`, no VAE).
 
 The cross-attention context is one fixed token (:func:`context`), and the unconditional
 context zeros, so CFG works as with a text prompt. SDXL's ``y`` vector is what ComfyUI's
@@ -19,15 +19,18 @@ from typing import Any
 
 import torch
 
-NATIVE = 32
-"""The side of the training scenes, in latent pixels (256 px as an "image")."""
+NATIVE = {"sdxl": 32, "sd15": 32}
+"""The side of each layout's training scenes, in latent pixels (x8 for its "image" size)."""
+LAYOUT_NAMES = ("sdxl", "sd15")
+TRAINED: tuple[str, ...] = ()
+"""The layouts whose weights are committed (none yet; see docs/quality.md)."""
 CONTEXT_DIM = 32
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 LAYOUTS: dict[str, dict[str, Any]] = {
     "sd15": {
         "use_checkpoint": False,
-        "image_size": NATIVE,
+        "image_size": 32,
         "out_channels": 4,
         "use_spatial_transformer": True,
         "legacy": False,
@@ -47,7 +50,7 @@ LAYOUTS: dict[str, dict[str, Any]] = {
     },
     "sdxl": {
         "use_checkpoint": False,
-        "image_size": NATIVE,
+        "image_size": 32,
         "out_channels": 4,
         "use_spatial_transformer": True,
         "legacy": False,
@@ -85,7 +88,11 @@ def base_model(layout: str) -> Any:
     return model_config.get_model({})
 
 
-def adm(model: Any, batch: int, native: int = NATIVE) -> torch.Tensor | None:
+def native_of(layout: str) -> int:
+    return NATIVE[layout]
+
+
+def adm(model: Any, batch: int, native: int) -> torch.Tensor | None:
     """SDXL's ``y`` for the native size (None for SD1.5), as ComfyUI builds it when sampling."""
     if LAYOUTS_BY_MODEL.get(type(model).__name__) != "sdxl":
         return None
@@ -105,18 +112,41 @@ def load(layout: str) -> Any:
     """A ModelPatcher around the committed lab model of ``layout``, as a loader would give it."""
     import comfy.model_management as mm
     import comfy.model_patcher
-    import comfy.utils
+    from safetensors import safe_open
 
+    path = weights_path(layout)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no lab model for the {layout} layout at {path}; train it with "
+            f"`python -m hidiff quality train --layout {layout}`"
+        )
+    with safe_open(str(path), framework="pt") as weights:
+        stored = weights.metadata() or {}
+        state = {name: weights.get_tensor(name).float() for name in weights.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    if stored.get("layout") != layout or stored.get("native") != str(native_of(layout)):
+        raise ValueError(f"{path} holds a {stored.get('layout')} model of native {stored.get('native')}, "
+                         f"not {layout} at {native_of(layout)}")  # fmt: skip
     model = base_model(layout)
-    state = comfy.utils.load_torch_file(str(weights_path(layout)))
     model.diffusion_model.load_state_dict(state, strict=True)
     model.eval()
-    return comfy.model_patcher.ModelPatcher(
+    patcher = comfy.model_patcher.ModelPatcher(
         model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
     )
+    patcher.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = pytorch_attention
+    return patcher
 
 
-def conditioning(batch_context: torch.Tensor | None = None, native: int = NATIVE) -> tuple[list, list]:
+def pytorch_attention(func: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """ComfyUI's PyTorch (SDPA) attention, what it picks on every current GPU; on a CPU it
+    would pick its sub-quadratic kernel, several times slower on these small models. Set
+    through ComfyUI's per-call ``optimized_attention_override``, so every node's clone of
+    the lab model keeps it and every attention call (MSW-MSA's windows too) goes through it."""
+    import comfy.ldm.modules.attention
+
+    return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
+
+
+def conditioning(native: int, batch_context: torch.Tensor | None = None) -> tuple[list, list]:
     """Positive and negative CONDITIONING for the lab models (SDXL's sizes set to the native ones)."""
     pixels = native * 8
     extra = {"pooled_output": torch.zeros(1, 1280), "width": pixels, "height": pixels}

@@ -1,0 +1,267 @@
+"""The lab run: the same seeds through every configuration, at the native size and above.
+
+Each configuration is what a user would wire in ComfyUI: a node (ours, or core Deep
+Shrink) on the loaded lab model, then KSampler (``nodes.common_ksampler``, the code the
+KSampler node runs), or the hires-fix users pick instead: KSampler at the native size,
+Upscale Latent By, and a second KSampler at a low denoise. Every image is read back by
+:mod:`hidiff.quality.counter` in the model's own latent space (``process_latent_in``,
+where the scenes were trained).
+
+Seeds: image ``i`` starts from ComfyUI's noise for seed ``first_seed + i``; the images run
+in batches of :data:`BATCH`, and an ancestral sampler draws its step noise for a batch
+from the batch's first seed. The same settings give the same figures in every process.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import counter, models
+
+BATCH = 16
+STEPS = 20
+CFG = 4.0
+HIRES_DENOISE = 0.5
+HIRES_UPSCALE = "nearest-exact"
+"""Upscale Latent By's default method, as a user's hires-fix graph has it."""
+SAMPLERS = ("euler", "euler_ancestral")
+SCALES: tuple[tuple[int, int], ...] = ((1, 1), (2, 2), (3, 3), (4, 4), (2, 3))
+"""Sizes as (height, width) multiples of the native side; the last one is non-square."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way to sample at a size: a model transform, or the hires-fix pipeline."""
+
+    name: str
+    label: str
+    patch: Callable[[Any, Any, int, int], Any] | None = None
+    hires: bool = False
+
+
+def _node(name: str) -> Any:
+    from ..bench import comfy_env
+
+    return comfy_env.load_pack()[name]
+
+
+def _result(output: Any) -> Any:
+    return output.result[0] if hasattr(output, "result") else output[0]
+
+
+def _deep_shrink(model: Any, native: Any, height: int, width: int) -> Any:
+    from comfy_extras.nodes_model_downscale import PatchModelAddDownscale
+
+    defaults = {"block_number": 3, "downscale_factor": 2.0, "start_percent": 0.0, "end_percent": 0.35}
+    return _result(PatchModelAddDownscale.execute(model, *defaults.values(), True, "bicubic", "bicubic"))
+
+
+def _msw_msa(model: Any, native: Any, height: int, width: int) -> Any:
+    return _result(_node("ApplyMSWMSAAttentionSimple").execute(model_type="auto", model=model))
+
+
+def _raunet_simple(res_mode: str) -> Callable[[Any, Any, int, int], Any]:
+    def patch(model: Any, native: Any, height: int, width: int) -> Any:
+        from ..core.presets import RAUNET_RES_MODES
+
+        label = next(mode for mode in RAUNET_RES_MODES if mode.startswith(res_mode))
+        node = _node("ApplyRAUNetSimple")
+        return _result(
+            node.execute(
+                model=model, model_type="auto", res_mode=label, upscale_mode="default", ca_upscale_mode="default"
+            )
+        )
+
+    return patch
+
+
+def _auto(model: Any, native: int, height: int, width: int) -> Any:
+    node = _node("ApplyHiDiffusion")
+    advanced = f"native_resolution: {native * 8}"
+    return _result(
+        node.execute(model=model, width=width * 8, height=height * 8, raunet=True, msw_msa=True, advanced=advanced)
+    )
+
+
+CONFIGS: tuple[Config, ...] = (
+    Config("unpatched", "unpatched"),
+    Config("deep_shrink", "Deep Shrink (core, defaults)", _deep_shrink),
+    Config("msw_msa", "MSW-MSA Simple", _msw_msa),
+    Config("raunet_low", "RAU-Net Simple low", _raunet_simple("low")),
+    Config("raunet_high", "RAU-Net Simple high", _raunet_simple("high")),
+    Config("raunet_ultra", "RAU-Net Simple ultra", _raunet_simple("ultra")),
+    Config("auto", "HiDiffusion (auto node)", _auto),
+    Config("hires_fix", f"native + upscale + {HIRES_DENOISE} denoise", hires=True),
+)
+CONFIG_NAMES = tuple(config.name for config in CONFIGS)
+
+
+@dataclass
+class Cell:
+    """The figures of one configuration at one size with one sampler."""
+
+    config: str
+    layout: str
+    sampler: str
+    height: int
+    width: int
+    images: int = 0
+    duplicated: int = 0
+    empty: int = 0
+    malformed: int = 0
+    one_good: int = 0
+    subjects: int = 0
+    detail: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def add(self, readings: list[counter.Reading], details: list[float]) -> None:
+        self.images += len(readings)
+        self.duplicated += sum(r.duplicated for r in readings)
+        self.empty += sum(r.subjects == 0 for r in readings)
+        self.malformed += sum(r.malformed > 0 for r in readings)
+        self.one_good += sum(r.subjects == 1 and r.well_formed == 1 for r in readings)
+        self.subjects += sum(r.subjects for r in readings)
+        self.detail.extend(d for d in details if not math.isnan(d))
+
+    def figures(self, native_detail: float | None = None) -> dict[str, Any]:
+        n = max(self.images, 1)
+        detail = sum(self.detail) / len(self.detail) if self.detail else float("nan")
+        return {
+            "config": self.config,
+            "layout": self.layout,
+            "sampler": self.sampler,
+            "size": f"{self.width}x{self.height}",
+            "images": self.images,
+            "duplicate_rate": self.duplicated / n,
+            "malformed_rate": self.malformed / n,
+            "empty_rate": self.empty / n,
+            "one_good_rate": self.one_good / n,
+            "mean_subjects": self.subjects / n,
+            "detail": detail / native_detail if native_detail else detail,
+            "seconds_per_image": self.seconds / n,
+            "error": self.error,
+        }
+
+
+def detail_energy(image: torch.Tensor) -> float:
+    """High-frequency energy inside the subjects: the mean squared Laplacian of the
+    appearance channel over subject pixels away from their edges (NaN without any)."""
+    from scipy import ndimage
+
+    from .scenes import APPEARANCE, MASK
+
+    values = image.detach().float().cpu().numpy()
+    inside = ndimage.binary_erosion(values[MASK] > 0, iterations=2)
+    if not inside.any():
+        return float("nan")
+    laplace = ndimage.laplace(values[APPEARANCE])
+    return float((laplace[inside] ** 2).mean())
+
+
+def sample_batch(
+    model: Any,
+    layout: str,
+    native: int,
+    seeds: list[int],
+    height: int,
+    width: int,
+    sampler: str,
+    *,
+    hires: bool = False,
+) -> torch.Tensor:
+    """The images of ``seeds`` at ``height`` x ``width`` (latent pixels), in the model's space."""
+    import comfy.sample
+    import comfy.utils
+
+    positive, negative = models.conditioning(native=native)
+    first_height, first_width = (native, native) if hires else (height, width)
+    latent = torch.zeros(len(seeds), 4, first_height, first_width)
+    noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed) for seed in seeds])
+    samples = _ksampler(model, seeds[0], sampler, positive, negative, latent, noise, 1.0)
+    if hires:
+        upscaled = comfy.utils.common_upscale(samples, width, height, HIRES_UPSCALE, "disabled")
+        noise = torch.cat([comfy.sample.prepare_noise(upscaled[:1], seed) for seed in seeds])
+        samples = _ksampler(model, seeds[0], sampler, positive, negative, upscaled, noise, HIRES_DENOISE)
+    return model.model.process_latent_in(samples)
+
+
+def _ksampler(
+    model: Any, seed: int, sampler: str, positive: list, negative: list, latent: Any, noise: Any, denoise: float
+) -> Any:
+    """KSampler's own sampling call (``nodes.common_ksampler`` minus its noise, which is per seed here)."""
+    import comfy.sample
+
+    return comfy.sample.sample(
+        model, noise, STEPS, CFG, sampler, "normal", positive, negative, latent,
+        denoise=denoise, seed=seed, disable_pbar=True,
+    )  # fmt: skip
+
+
+def run_cell(
+    model: Any, layout: str, native: int, config: Config, scale: tuple[int, int], sampler: str, seeds: list[int]
+) -> tuple[Cell, torch.Tensor | None]:
+    """One configuration at one size and sampler over ``seeds``; returns the cell and the images."""
+    height, width = native * scale[0], native * scale[1]
+    cell = Cell(config.name, layout, sampler, height * 8, width * 8)
+    try:
+        patched = config.patch(model, native, height, width) if config.patch else model
+    except Exception as exc:  # a node refusing a size is a finding, not a crash
+        cell.error = f"{type(exc).__name__}: {exc}"
+        return cell, None
+    images = []
+    for start in range(0, len(seeds), BATCH):
+        chunk = seeds[start : start + BATCH]
+        began = time.perf_counter()
+        out = sample_batch(patched, layout, native, chunk, height, width, sampler, hires=config.hires)
+        cell.seconds += time.perf_counter() - began
+        cell.add(counter.read_all(out, native), [detail_energy(image) for image in out])
+        images.append(out)
+    return cell, torch.cat(images)
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    """What one lab run samples."""
+
+    layouts: tuple[str, ...] = models.TRAINED
+    configs: tuple[str, ...] = CONFIG_NAMES
+    scales: tuple[tuple[int, int], ...] = SCALES
+    samplers: tuple[str, ...] = SAMPLERS
+    seeds: int = 64
+    first_seed: int = 0
+
+
+def run(settings: LabSettings, on_row: Callable[[dict[str, Any]], None]) -> tuple[list[dict[str, Any]], dict]:
+    """Every cell of ``settings``; returns the rows (detail relative to unpatched native
+    samples of the same layout and sampler) and the images by (layout, config, scale, sampler)."""
+    rows: list[dict[str, Any]] = []
+    images: dict[tuple[str, str, tuple[int, int], str], torch.Tensor] = {}
+    seeds = list(range(settings.first_seed, settings.first_seed + settings.seeds))
+    for layout in settings.layouts:
+        model = models.load(layout)
+        native = models.native_of(layout)
+        for sampler in settings.samplers:
+            reference, _ = run_cell(model, layout, native, CONFIGS[0], (1, 1), sampler, seeds)
+            native_detail = reference.figures()["detail"]
+            for scale in settings.scales:
+                for config in CONFIGS:
+                    if config.name not in settings.configs:
+                        continue
+                    cell, out = run_cell(model, layout, native, config, scale, sampler, seeds)
+                    row = cell.figures(native_detail)
+                    rows.append(row)
+                    if out is not None:
+                        images[(layout, config.name, scale, sampler)] = out
+                    on_row(row)
+    return rows, images
+
+
+SHORT = LabSettings(layouts=("sdxl",), configs=("unpatched", "auto"), scales=((3, 3),), samplers=("euler",), seeds=8)
+"""The short run: one picture a newcomer reads at a glance, in about two minutes on a CPU."""

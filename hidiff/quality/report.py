@@ -1,0 +1,127 @@
+"""The lab's results as a reader gets them: a Markdown table, PNG grids, the results page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import models
+from .lab import CFG, CONFIGS, HIRES_DENOISE, HIRES_UPSCALE, STEPS, LabSettings
+
+
+def format_row(row: dict[str, Any]) -> str:
+    if row["error"]:
+        return f"{row['layout']} {row['sampler']} {row['size']} {row['config']}: {row['error']}"
+    return (
+        f"{row['layout']} {row['sampler']:<15} {row['size']:>9} {row['config']:<13} "
+        f"dup {row['duplicate_rate']:5.0%}  malformed {row['malformed_rate']:5.0%}  "
+        f"one good {row['one_good_rate']:5.0%}  subjects {row['mean_subjects']:4.2f}  "
+        f"detail {row['detail']:4.2f}  {row['seconds_per_image']:.2f} s/image"
+    )
+
+
+def describe(settings: LabSettings) -> dict[str, Any]:
+    """The settings as JSON, with the fixed sampling parameters."""
+    return {
+        "layouts": list(settings.layouts),
+        "configs": list(settings.configs),
+        "scales": [f"{h}x{w}" for h, w in settings.scales],
+        "samplers": list(settings.samplers),
+        "seeds": settings.seeds,
+        "first_seed": settings.first_seed,
+        "steps": STEPS,
+        "cfg": CFG,
+        "scheduler": "normal",
+        "hires_fix": {"upscale": HIRES_UPSCALE, "denoise": HIRES_DENOISE},
+        "native": {layout: models.native_of(layout) for layout in settings.layouts},
+    }
+
+
+TABLE_COLUMNS = (
+    ("duplicate_rate", "dup", "{:.0%}"),
+    ("malformed_rate", "malformed", "{:.0%}"),
+    ("one_good_rate", "one good", "{:.0%}"),
+    ("mean_subjects", "subjects", "{:.2f}"),
+    ("detail", "detail", "{:.2f}"),
+    ("seconds_per_image", "s/image", "{:.2f}"),
+)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table, one line per layout, sampler, size and configuration."""
+    head = ["layout", "sampler", "size", "configuration", *(title for _, title, _ in TABLE_COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    labels = {config.name: config.label for config in CONFIGS}
+    for row in rows:
+        cells = [row["layout"], row["sampler"], row["size"], labels[row["config"]]]
+        if row["error"]:
+            cells += [f"refused: {row['error']}"] + [""] * (len(TABLE_COLUMNS) - 1)
+        else:
+            cells += [fmt.format(row[key]) for key, _, fmt in TABLE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+GRID_SEEDS = 8
+
+
+def write_grids(images: dict, folder: Any) -> list[Any]:
+    """One PNG per layout, size and sampler: a row per configuration, the first seeds."""
+    from .pictures import grid
+
+    labels = {config.name: config.label for config in CONFIGS}
+    groups: dict[tuple[str, tuple[int, int], str], list[tuple[str, torch.Tensor]]] = {}
+    for (layout, config, scale, sampler), out in images.items():
+        groups.setdefault((layout, scale, sampler), []).append((labels[config], out[:GRID_SEEDS]))
+    paths = []
+    for (layout, scale, sampler), rows in groups.items():
+        name = f"{layout}_{scale[0]}x{scale[1]}_{sampler}.png"
+        title = f"{layout} layout, {scale[0]}x{scale[1]} the native side, {sampler}"
+        paths.append(grid(rows, Path(folder) / name, title=title))
+    return paths
+
+
+def short_picture(images: dict, settings: LabSettings, path: Any) -> Any:
+    """The short run's picture: unpatched above HiDiffusion, the same seeds."""
+    from .pictures import grid
+
+    layout, scale, sampler = settings.layouts[0], settings.scales[0], settings.samplers[0]
+    rows = [
+        (f"{label}: same seeds", images[(layout, name, scale, sampler)])
+        for name, label in (("unpatched", "unpatched"), ("auto", "HiDiffusion"))
+        if (layout, name, scale, sampler) in images
+    ]
+    title = f"lab model ({layout} layout) at {scale[0]}x{scale[1]} its native side"
+    return grid(rows, path, title=title)
+
+
+def markdown(rows: list[dict[str, Any]], settings: LabSettings, command: str, grids: list[Any], base: Any) -> str:
+    """The generated results page: command, machine, ComfyUI, settings, tables and grids."""
+    import os
+
+    from ..bench import comfy_env, machine
+
+    info = machine.describe(torch.device("cpu"))
+    lines = [
+        "# Quality lab results (generated)",
+        "",
+        f"Written by `{command}`; do not edit by hand. How to read it: [quality.md](quality.md).",
+        "",
+        f"- Machine: {machine.name(info, torch.device('cpu'))}; ComfyUI {comfy_env.comfyui_version()}; "
+        f"torch {torch.__version__}.",
+        f"- {settings.seeds} seeds per cell (from {settings.first_seed}), {STEPS} steps, CFG {CFG}, scheduler "
+        f"normal; hires-fix: KSampler at the native size, Upscale Latent By ({HIRES_UPSCALE}), KSampler at "
+        f"denoise {HIRES_DENOISE}.",
+        "- Native side: " + ", ".join(f"{layout} {models.native_of(layout)} latent px" for layout in settings.layouts),
+        "- dup: images with 2 or more subjects; malformed: images with a subject lacking one head and two eyes; "
+        "one good: exactly one well-formed subject; detail: high-frequency energy inside subjects relative "
+        "to unpatched native samples (1.00 = native detail).",
+        "",
+        table(rows),
+        "",
+    ]
+    for path in grids:
+        lines += [f"![{path.stem}]({os.path.relpath(path, base)})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""The lab's reading of images beyond counting: the pictures and the detail score."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from hidiff.quality import counter, lab, pictures, scenes
+
+NATIVE = 32
+
+
+def test_the_picture_shows_what_the_counter_reads():
+    """Every pixel the counter calls subject is drawn in body, head or eye colours, the
+    background never is, and the eyes are the dark pixels inside the head."""
+    image, _ = scenes.scene(4, NATIVE, NATIVE)
+    rgb = pictures.to_rgb(image).astype(int)
+    subject = (image[scenes.MASK] > 0).numpy()
+    eyes = ((image[scenes.EYES] > 0) & (image[scenes.PARTS] > 0) & (image[scenes.MASK] > 0)).numpy()
+    assert (rgb[eyes] == pictures.EYE).all()
+    orange = rgb[..., 0] > rgb[..., 2] + 40  # body and head are warm, the background cool
+    assert (orange[subject & ~eyes]).all() and not orange[~subject].any()
+
+
+def test_grid_writes_one_row_per_configuration(tmp_path):
+    images = scenes.batch(range(3), NATIVE, NATIVE)
+    path = pictures.grid([("a", images), ("b", images[:2])], tmp_path / "g.png", zoom=2, title="t")
+    from PIL import Image
+
+    width, height = Image.open(path).size
+    assert width == 3 * (NATIVE * 2 + 4) + 4
+    assert height > 2 * NATIVE * 2
+
+
+def test_detail_energy_sees_a_blurred_subject():
+    """The detail score falls when the subject's texture is smoothed, as an upscaled
+    native sample's would be; and it is NaN with no subject."""
+    image, _ = scenes.scene(2, 3 * NATIVE, 3 * NATIVE)
+    sharp = lab.detail_energy(image)
+    blurred = image.clone()
+    kernel = torch.ones(1, 1, 3, 3) / 9
+    blurred[scenes.APPEARANCE] = torch.nn.functional.conv2d(image[None, None, scenes.APPEARANCE], kernel, padding=1)[
+        0, 0
+    ]
+    assert lab.detail_energy(blurred) < 0.5 * sharp
+    empty = scenes.background(torch.Generator().manual_seed(0), NATIVE, NATIVE)
+    assert math.isnan(lab.detail_energy(empty))
+
+
+def test_cells_count_duplicates_malformed_and_empty_images():
+    readings = [
+        counter.Reading(1, 1, (100,)),
+        counter.Reading(2, 2, (90, 80)),
+        counter.Reading(1, 0, (70,)),
+        counter.Reading(0, 0, ()),
+    ]
+    cell = lab.Cell("unpatched", "sdxl", "euler", 256, 256)
+    cell.add(readings, [1.0, 2.0, float("nan"), float("nan")])
+    figures = cell.figures(native_detail=2.0)
+    assert figures["duplicate_rate"] == 0.25 and figures["malformed_rate"] == 0.25
+    assert figures["empty_rate"] == 0.25 and figures["one_good_rate"] == 0.25
+    assert figures["mean_subjects"] == 1.0 and np.isclose(figures["detail"], 0.75)

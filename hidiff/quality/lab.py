@@ -1,9 +1,10 @@
 """The lab run: the same seeds through every configuration, at the native size and above.
 
 Each configuration is what a user would wire in ComfyUI: a node (ours, or core Deep
-Shrink) on the loaded lab model, then KSampler (``nodes.common_ksampler``, the code the
-KSampler node runs), or the hires-fix users pick instead: KSampler at the native size,
-Upscale Latent By, and a second KSampler at a low denoise. Every image is read back by
+Shrink) on the loaded lab model, then the sampling call the KSampler node makes
+(``comfy.sample.sample``, with ComfyUI's noise drawn per seed), or the hires-fix users pick
+instead: KSampler at the native size, Upscale Latent By, and a second KSampler at a low
+denoise. Every image is read back by
 :mod:`hidiff.quality.counter` in the model's own latent space (``process_latent_in``,
 where the scenes were trained).
 
@@ -41,7 +42,7 @@ class Config:
 
     name: str
     label: str
-    patch: Callable[[Any, Any, int, int], Any] | None = None
+    patch: Callable[[Any, int, int, int], Any] | None = None
     hires: bool = False
 
 
@@ -55,19 +56,19 @@ def _result(output: Any) -> Any:
     return output.result[0] if hasattr(output, "result") else output[0]
 
 
-def _deep_shrink(model: Any, native: Any, height: int, width: int) -> Any:
+def _deep_shrink(model: Any, native: int, height: int, width: int) -> Any:
     from comfy_extras.nodes_model_downscale import PatchModelAddDownscale
 
     defaults = {"block_number": 3, "downscale_factor": 2.0, "start_percent": 0.0, "end_percent": 0.35}
     return _result(PatchModelAddDownscale.execute(model, *defaults.values(), True, "bicubic", "bicubic"))
 
 
-def _msw_msa(model: Any, native: Any, height: int, width: int) -> Any:
+def _msw_msa(model: Any, native: int, height: int, width: int) -> Any:
     return _result(_node("ApplyMSWMSAAttentionSimple").execute(model_type="auto", model=model))
 
 
-def _raunet_simple(res_mode: str) -> Callable[[Any, Any, int, int], Any]:
-    def patch(model: Any, native: Any, height: int, width: int) -> Any:
+def _raunet_simple(res_mode: str) -> Callable[[Any, int, int, int], Any]:
+    def patch(model: Any, native: int, height: int, width: int) -> Any:
         from ..core.presets import RAUNET_RES_MODES
 
         label = next(mode for mode in RAUNET_RES_MODES if mode.startswith(res_mode))
@@ -230,7 +231,7 @@ def run_cell(
 class LabSettings:
     """What one lab run samples."""
 
-    layouts: tuple[str, ...] = models.TRAINED
+    layouts: tuple[str, ...] = models.LAYOUT_NAMES
     configs: tuple[str, ...] = CONFIG_NAMES
     scales: tuple[tuple[int, int], ...] = SCALES
     samplers: tuple[str, ...] = SAMPLERS
@@ -264,4 +265,5 @@ def run(settings: LabSettings, on_row: Callable[[dict[str, Any]], None]) -> tupl
 
 
 SHORT = LabSettings(layouts=("sdxl",), configs=("unpatched", "auto"), scales=((3, 3),), samplers=("euler",), seeds=8)
-"""The short run: one picture a newcomer reads at a glance, in about two minutes on a CPU."""
+"""The short run: one picture a newcomer reads at a glance (8 seeds at 3x the side; sized
+for about two minutes on a CPU, to be measured once weights are committed)."""

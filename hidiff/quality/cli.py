@@ -88,12 +88,12 @@ def main(argv: list[str]) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from . import models, train
+    from . import train
 
     fields = {"layout": args.layout, "seed": args.seed} | ({"steps": args.steps} if args.steps else {})
     settings = train.TrainSettings(**fields)
     weights = train.train(settings, progress)
-    path = train.save(weights, args.layout, settings.native or models.native_of(args.layout), args.out)
+    path = train.save(weights, args.layout, settings.side, args.out)
     progress(f"wrote {path} (sha256 {train.sha256(path)})")
     return 0
 

@@ -28,6 +28,7 @@ from . import counter, models
 BATCH = 16
 STEPS = 20
 CFG = 4.0
+SCHEDULER = "normal"
 HIRES_DENOISE = 0.5
 HIRES_UPSCALE = "nearest-exact"
 """Upscale Latent By's default method, as a user's hires-fix graph has it."""
@@ -101,6 +102,7 @@ CONFIGS: tuple[Config, ...] = (
     Config("hires_fix", f"native + upscale + {HIRES_DENOISE} denoise", hires=True),
 )
 CONFIG_NAMES = tuple(config.name for config in CONFIGS)
+LABELS = {config.name: config.label for config in CONFIGS}
 
 
 @dataclass
@@ -200,7 +202,7 @@ def _ksampler(
     import comfy.sample
 
     return comfy.sample.sample(
-        model, noise, STEPS, CFG, sampler, "normal", positive, negative, latent,
+        model, noise, STEPS, CFG, sampler, SCHEDULER, positive, negative, latent,
         denoise=denoise, seed=seed, disable_pbar=True,
     )  # fmt: skip
 
@@ -249,13 +251,16 @@ def run(settings: LabSettings, on_row: Callable[[dict[str, Any]], None]) -> tupl
         model = models.load(layout)
         native = models.native_of(layout)
         for sampler in settings.samplers:
-            reference, _ = run_cell(model, layout, native, CONFIGS[0], (1, 1), sampler, seeds)
-            native_detail = reference.figures()["detail"]
+            reference = run_cell(model, layout, native, CONFIGS[0], (1, 1), sampler, seeds)
+            native_detail = reference[0].figures()["detail"]
             for scale in settings.scales:
                 for config in CONFIGS:
                     if config.name not in settings.configs:
                         continue
-                    cell, out = run_cell(model, layout, native, config, scale, sampler, seeds)
+                    if config is CONFIGS[0] and scale == (1, 1):
+                        cell, out = reference  # the native reference is this very cell
+                    else:
+                        cell, out = run_cell(model, layout, native, config, scale, sampler, seeds)
                     row = cell.figures(native_detail)
                     rows.append(row)
                     if out is not None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from . import models
-from .lab import CFG, CONFIGS, HIRES_DENOISE, HIRES_UPSCALE, STEPS, LabSettings
+from .lab import CFG, HIRES_DENOISE, HIRES_UPSCALE, LABELS, SCHEDULER, STEPS, LabSettings
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -33,7 +33,7 @@ def describe(settings: LabSettings) -> dict[str, Any]:
         "first_seed": settings.first_seed,
         "steps": STEPS,
         "cfg": CFG,
-        "scheduler": "normal",
+        "scheduler": SCHEDULER,
         "hires_fix": {"upscale": HIRES_UPSCALE, "denoise": HIRES_DENOISE},
         "native": {layout: models.native_of(layout) for layout in settings.layouts},
     }
@@ -53,9 +53,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table, one line per layout, sampler, size and configuration."""
     head = ["layout", "sampler", "size", "configuration", *(title for _, title, _ in TABLE_COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    labels = {config.name: config.label for config in CONFIGS}
     for row in rows:
-        cells = [row["layout"], row["sampler"], row["size"], labels[row["config"]]]
+        cells = [row["layout"], row["sampler"], row["size"], LABELS[row["config"]]]
         if row["error"]:
             cells += [f"refused: {row['error']}"] + [""] * (len(TABLE_COLUMNS) - 1)
         else:
@@ -71,10 +70,9 @@ def write_grids(images: dict, folder: Any) -> list[Any]:
     """One PNG per layout, size and sampler: a row per configuration, the first seeds."""
     from .pictures import grid
 
-    labels = {config.name: config.label for config in CONFIGS}
     groups: dict[tuple[str, tuple[int, int], str], list[tuple[str, torch.Tensor]]] = {}
     for (layout, config, scale, sampler), out in images.items():
-        groups.setdefault((layout, scale, sampler), []).append((labels[config], out[:GRID_SEEDS]))
+        groups.setdefault((layout, scale, sampler), []).append((LABELS[config], out[:GRID_SEEDS]))
     paths = []
     for (layout, scale, sampler), rows in groups.items():
         name = f"{layout}_{scale[0]}x{scale[1]}_{sampler}.png"
@@ -112,7 +110,7 @@ def markdown(rows: list[dict[str, Any]], settings: LabSettings, command: str, gr
         f"- Machine: {machine.name(info, torch.device('cpu'))}; ComfyUI {comfy_env.comfyui_version()}; "
         f"torch {torch.__version__}.",
         f"- {settings.seeds} seeds per cell (from {settings.first_seed}), {STEPS} steps, CFG {CFG}, scheduler "
-        f"normal; hires-fix: KSampler at the native size, Upscale Latent By ({HIRES_UPSCALE}), KSampler at "
+        f"{SCHEDULER}; hires-fix: KSampler at the native size, Upscale Latent By ({HIRES_UPSCALE}), KSampler at "
         f"denoise {HIRES_DENOISE}.",
         "- Native side: " + ", ".join(f"{layout} {models.native_of(layout)} latent px" for layout in settings.layouts),
         "- dup: images with 2 or more subjects; malformed: images with a subject lacking one head and two eyes; "

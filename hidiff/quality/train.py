@@ -61,6 +61,11 @@ class TrainSettings:
     image. The input-copier start (:func:`copy_path`) fixes the first steps, so these
     bounds only lean towards the noisy steps."""
 
+    @property
+    def side(self) -> int:
+        """The scenes' side in latent pixels."""
+        return self.native or native_of(self.layout)
+
 
 def initialise(unet: torch.nn.Module, generator: torch.Generator) -> None:
     """Seeded weights that start the UNet as the best guess a noise predictor has at high
@@ -127,8 +132,7 @@ def loss_weight(sigma: torch.Tensor, bounds: tuple[float, float]) -> torch.Tenso
 def dataset(settings: TrainSettings) -> torch.Tensor:
     """The training scenes, one per seed (seeds offset by the run's seed)."""
     first = settings.seed * 1_000_003
-    native = settings.native or native_of(settings.layout)
-    return scenes.batch(range(first, first + settings.dataset), native, native)
+    return scenes.batch(range(first, first + settings.dataset), settings.side, settings.side)
 
 
 def train(settings: TrainSettings, progress: Any = None, losses: list[float] | None = None) -> dict[str, torch.Tensor]:
@@ -154,7 +158,7 @@ def _train(settings: TrainSettings, progress: Any, losses: list[float] | None) -
     optimiser = torch.optim.AdamW(unet.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     cond = context(settings.batch)
     mean_weight = loss_weight(sigmas, settings.weight_bounds).mean()
-    y = adm(model, settings.batch, settings.native or native_of(settings.layout))
+    y = adm(model, settings.batch, settings.side)
     start = time.perf_counter()
     for step in range(settings.steps):
         index = torch.randint(0, data.shape[0], (settings.batch,), generator=generator)

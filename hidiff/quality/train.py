@@ -45,7 +45,7 @@ class TrainSettings:
     layout: str
     native: int | None = None
     """The scenes' side; None: the layout's own (:data:`hidiff.quality.models.NATIVE`)."""
-    steps: int = 2000
+    steps: int = 1200
     batch: int = 16
     learning_rate: float = 1e-3
     seed: int = 0
@@ -104,8 +104,9 @@ def copy_path(unet: torch.nn.Module) -> None:
     Two channels per input channel of the first conv hold +x and -x; the last output
     block's skip convolution takes them from the first level's skip tensor (the concat
     puts the skip after the upsampled path); the output conv reads
-    SiLU(z) - SiLU(-z) = z, so after the per-channel GroupNorm the model outputs the
-    normalised input. Everything else starts at 0 or random, and training takes over.
+    SiLU(z) - SiLU(-z) = z, so the model outputs its input scaled by its spread. +x and -x
+    sit in one GroupNorm group (channels 2k and 2k+1), whose mean is 0, so the norm keeps
+    the input's own mean (see :data:`hidiff.quality.models.LAYOUTS`). Everything else starts at 0 or random, and training takes over.
     """
     conv_in = unet.input_blocks[0][0]
     inputs = conv_in.in_channels

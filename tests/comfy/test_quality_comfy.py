@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hidiff.quality import models, train
+from hidiff.quality import lab, models, train
 
 
 @pytest.mark.parametrize("layout", ["sd15", "sdxl"])
@@ -38,6 +38,25 @@ def test_the_model_starts_as_the_input_copier(pack):
     assert ((out - eps) ** 2).mean() < 0.02
 
 
+@pytest.mark.parametrize("layout", ["sd15", "sdxl"])
+def test_the_models_can_move_the_mean_of_a_channel(pack, layout):
+    """A shift of a channel's mean in the input reaches the output. At 32 channels on the
+    first level ComfyUI's 32-group output GroupNorm removed each channel's per-image mean,
+    and the trained models kept their starting noise's mean in every sample (the scenes'
+    mask channel has mean -2.4); see models.LAYOUTS."""
+    model = models.base_model(layout)
+    unet = model.diffusion_model
+    train.initialise(unet, torch.Generator().manual_seed(0))
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    shift = torch.tensor([1.0, -1.0, 0.5, -2.0]).view(1, 4, 1, 1)
+    kwargs = {"context": models.context(2), "y": models.adm(model, 2, 16)}
+    with torch.no_grad():
+        plain = unet(x, torch.full((2,), 999.0), **kwargs)
+        shifted = unet(x + shift, torch.full((2,), 999.0), **kwargs)
+    moved = (shifted - plain).mean(dim=(2, 3))
+    assert (moved * shift.view(1, 4)).min() > 0.3 * (shift**2).min(), moved
+
+
 def test_training_lowers_the_loss(pack):
     """A few dozen steps on a small batch: the weighted epsilon loss falls well below its start."""
     losses: list[float] = []
@@ -55,3 +74,15 @@ def test_the_lab_models_have_the_real_layouts(pack, layout, family):
     unet = inspect_unet(models.base_model(layout).diffusion_model)
     assert str(unet.family) == family
     assert unet.downsample_pairs() == ({3: 8, 6: 5, 9: 2} if layout == "sd15" else {3: 5, 6: 2})
+
+
+def test_deep_shrink_runs_with_the_defaults_of_comfyuis_own_schema(pack):
+    """The lab's Deep Shrink row is the core node as placed: its widget defaults read from
+    its schema (not retyped here), so a ComfyUI that changes them changes the row."""
+    from comfy_extras.nodes_model_downscale import PatchModelAddDownscale
+
+    values = lab.schema_defaults(PatchModelAddDownscale)
+    assert "model" not in values
+    names = [item.id for item in PatchModelAddDownscale.define_schema().inputs if item.id != "model"]
+    assert sorted(values) == sorted(names)
+    assert values["downscale_method"] in PatchModelAddDownscale.UPSCALE_METHODS

@@ -14,7 +14,7 @@ flat: the lab measures composition, and a texture there would only add a second,
 unrelated thing a small model must learn.
 
 A subject is a body (an ellipse), a head (a circle above it, along the body's axis) and
-two eyes (small discs inside the head, across the axis). Its height is 35-70 % of the
+two eyes (small discs inside the head, across the axis). Its height is 40-70 % of the
 frame's shorter side, its pose a rotation of up to 30 degrees, its place anywhere the
 whole subject fits. Everything comes from one ``torch.Generator``: the same seed gives
 the same scene in every process.
@@ -34,10 +34,9 @@ HEIGHT_RANGE = (0.40, 0.70)
 MAX_TILT = math.radians(30)
 STRUCTURE = 3.0
 """Amplitude of the eyes, parts and mask channels (the appearance channel stays near 1).
-The small lab models leave grain of std about 0.3 in their images (at the noisiest step
-their output GroupNorm scales each image's noise by its own spread, 2 % off at 32x32);
-at amplitude 1 that grain flipped signs inside heads and read as stray eyes. At 3 it stays
-far from the counter's thresholds, so the counter reads the composition."""
+The counter reads signs. Measured on the earlier 32-channel models: grain of std about 0.3
+and per-image offsets in every channel, which at amplitude 1 flipped signs inside heads
+and read as stray eyes and subjects. At 3 they stay far from the thresholds."""
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,8 @@ def copy_path(unet: torch.nn.Module) -> None:
     puts the skip after the upsampled path); the output conv reads
     SiLU(z) - SiLU(-z) = z, so the model outputs its input scaled by its spread. +x and -x
     sit in one GroupNorm group (channels 2k and 2k+1), whose mean is 0, so the norm keeps
-    the input's own mean (see :data:`hidiff.quality.models.LAYOUTS`). Everything else starts at 0 or random, and training takes over.
+    the input's own mean (see :data:`hidiff.quality.models.LAYOUTS`). Everything else
+    starts at 0 or random, and training takes over.
     """
     conv_in = unet.input_blocks[0][0]
     inputs = conv_in.in_channels

@@ -76,7 +76,7 @@ def test_the_lab_models_have_the_real_layouts(pack, layout, family):
     assert unet.downsample_pairs() == ({3: 8, 6: 5, 9: 2} if layout == "sd15" else {3: 5, 6: 2})
 
 
-def test_deep_shrink_runs_with_the_defaults_of_comfyuis_own_schema(pack):
+def test_deep_shrink_takes_the_defaults_of_comfyuis_own_schema(pack):
     """The lab's Deep Shrink row is the core node as placed: its widget defaults read from
     its schema (not retyped here), so a ComfyUI that changes them changes the row."""
     from comfy_extras.nodes_model_downscale import PatchModelAddDownscale

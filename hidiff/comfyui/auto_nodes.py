@@ -2,7 +2,8 @@
 ``HiDiffusionInspect``: what it would do, as text.
 
 Both read the model's structure and native size, compare it with the target size and
-follow the official schedule (:mod:`hidiff.core.plan`). The auto node then applies
+follow a schedule (:mod:`hidiff.core.plan`): the measured one by default, the official one
+with ``schedule: official`` (:mod:`hidiff.core.measured`). The auto node then applies
 exactly what ``ApplyRAUNet`` + ``ApplyMSWMSAAttention`` would with the logged inputs.
 """
 
@@ -14,15 +15,18 @@ from typing import Any
 from comfy_api.latest import io, ui
 
 from ..core.cost import unet_costs
+from ..core.measured import SCHEDULE_NAMES
 from ..core.plan import AutoPlan, plan_for
 from ..core.unet_map import Family
 from ..log import logger
 from . import msw_msa, raunet
 from .model_info import unet_map_of
 from .node_common import ADVANCED, CATEGORY, SEARCH_ALIASES, schema, validation_message
-from .params import ParameterError, parse_yaml_parameters, require_bool
+from .params import ParameterError, parse_yaml_parameters, require_bool, require_choice
 
 ADVANCED_KEYS = {
+    "schedule": "measured (default: SDXL's RAD at the first Downsample, measured in the quality lab) "
+    "or official (the paper's schedule for every family)",
     "native_resolution": "the model's native size in pixels (default: from the model: SD1.x 512, SD2.x-v 768, SDXL 1024)",
     "turbo": "true for SDXL-Turbo-style few-step models (pooling only, first half of sampling)",
     "aggressive": "SDXL below 4096px: RAD first, then pooling (default true; false for inpainting/Playground models)",
@@ -36,6 +40,7 @@ class AutoOptions:
     """The checked ``advanced`` keys."""
 
     native_resolution: int | None = None
+    schedule: str = SCHEDULE_NAMES[0]
     turbo: bool = False
     aggressive: bool = True
     text_to_image_controlnet: bool = False
@@ -55,6 +60,8 @@ def parse_advanced(text: str | None) -> AutoOptions:
         for key in ("turbo", "aggressive", "text_to_image_controlnet", "verbose")
         if key in values
     }
+    if "schedule" in values:
+        flags["schedule"] = require_choice("advanced: schedule", values["schedule"], SCHEDULE_NAMES)
     return AutoOptions(native_resolution=native, **flags)
 
 
@@ -96,6 +103,7 @@ def make_plan(
             turbo=options.turbo,
             aggressive=options.aggressive,
             text_to_image_controlnet=options.text_to_image_controlnet,
+            schedule_name=options.schedule,
         )
     except ValueError as exc:
         raise ParameterError(f"HiDiffusion: {exc}") from None
@@ -142,7 +150,7 @@ _ADVANCED_INPUT = io.String.Input(
     multiline=True,
     default="",
     **ADVANCED,
-    tooltip="Optional YAML: native_resolution, turbo, aggressive, text_to_image_controlnet, verbose.",
+    tooltip="Optional YAML: schedule, native_resolution, turbo, aggressive, text_to_image_controlnet, verbose.",
 )
 
 

@@ -56,13 +56,16 @@ FAMILY_TRAITS = {
 
 
 @dataclass(frozen=True)
-class OfficialSchedule:
-    """The official switching for one run: a key as in the official ratio table, and the
-    step windows of RAD/RAU and of the pooling (None = never)."""
+class Schedule:
+    """The switching for one run: a key (the official ratio table's, or the measured
+    schedule's), the step windows of RAD/RAU and of the pooling (None = never), and the
+    levels they act at (the family's official ones unless a schedule moves them)."""
 
     key: str
     rad: StepWindow | None
     pool: StepWindow | None
+    rad_level: int
+    pool_level: int
 
 
 def official_schedule(
@@ -73,7 +76,7 @@ def official_schedule(
     turbo: bool = False,
     aggressive: bool = True,
     text_to_image_controlnet: bool = False,
-) -> OfficialSchedule:
+) -> Schedule:
     """The official schedule for a latent of ``latent_height`` x ``latent_width``.
 
     Args:
@@ -84,17 +87,20 @@ def official_schedule(
         text_to_image_controlnet: the official SDXL text-to-image ControlNet variant keeps
             pooling until 50 % instead of 40 %.
     """
+    traits = FAMILY_TRAITS[family]
+
+    def schedule(key: str, rad: StepWindow | None, pool: StepWindow | None) -> Schedule:
+        return Schedule(key, rad, pool, traits.rad_level, traits.pool_level)
+
     if family is Family.SD15:
         if latent_height < 256 or latent_width < 256:
-            return OfficialSchedule("sd15_1024", rad=StepWindow(0.0, 0.4), pool=None)
-        return OfficialSchedule("sd15_2048", rad=StepWindow(0.0, 0.7), pool=StepWindow(0.0, 0.3))
+            return schedule("sd15_1024", rad=StepWindow(0.0, 0.4), pool=None)
+        return schedule("sd15_2048", rad=StepWindow(0.0, 0.7), pool=StepWindow(0.0, 0.3))
     if turbo:
-        return OfficialSchedule("sdxl_turbo_1024", rad=None, pool=StepWindow(0.0, 0.5))
+        return schedule("sdxl_turbo_1024", rad=None, pool=StepWindow(0.0, 0.5))
     if latent_height < 512 or latent_width < 512:
         t1 = 0.5 if text_to_image_controlnet else 0.4
         if aggressive:
-            return OfficialSchedule(
-                "sdxl_2048", rad=StepWindow(0.0, AGGRESSIVE_STEP), pool=StepWindow(AGGRESSIVE_STEP, t1)
-            )
-        return OfficialSchedule("sdxl_2048", rad=None, pool=StepWindow(0.0, t1))
-    return OfficialSchedule("sdxl_4096", rad=StepWindow(0.0, 0.3), pool=StepWindow(0.0, 0.7))
+            return schedule("sdxl_2048", rad=StepWindow(0.0, AGGRESSIVE_STEP), pool=StepWindow(AGGRESSIVE_STEP, t1))
+        return schedule("sdxl_2048", rad=None, pool=StepWindow(0.0, t1))
+    return schedule("sdxl_4096", rad=StepWindow(0.0, 0.3), pool=StepWindow(0.0, 0.7))

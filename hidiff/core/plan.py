@@ -1,7 +1,7 @@
 """The automatic plan: what HiDiffusion should do for this model at this size.
 
 Combines the model's structure (:mod:`hidiff.core.unet_map`), the family's native size
-and the official schedule (:mod:`hidiff.core.official`) into blocks and sampling-percent
+and a schedule (:mod:`hidiff.core.measured`, :mod:`hidiff.core.official`) into blocks and sampling-percent
 ranges for both effects, and the native-resolution gate: at or below the size a model
 was trained at, RAU-Net only harms quality and MSW-MSA gains nothing, so the plan is
 empty. A hires-fix second pass is gated too: its early, high-noise steps, where RAU-Net
@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .cost import BlockCost, estimate_flops
-from .official import FAMILY_TRAITS, OfficialSchedule, StepWindow, official_schedule
+from .measured import schedule_for
+from .official import FAMILY_TRAITS, Schedule, StepWindow
 from .unet_map import FAMILY_NAMES, Family, UNetMap
 
 OFF = (1.0, 1.0)
@@ -38,7 +39,7 @@ class AutoPlan:
     native_latent: int
     active: bool
     reason: str
-    schedule: OfficialSchedule | None = None
+    schedule: Schedule | None = None
     rad_pair: tuple[int, int] | None = None
     pool_pair: tuple[int, int] | None = None
     msw_input_blocks: tuple[int, ...] = ()
@@ -108,7 +109,7 @@ class AutoPlan:
         if not self.active:
             return f"{head}: {self.reason}"
         raunet, msw = self.raunet_inputs(), self.msw_inputs()
-        lines = [f"{head}: official schedule {self.schedule.key}"]
+        lines = [f"{head}: schedule {self.schedule.key}"]
         if self.rad_pair:
             lines.append(
                 f"  RAD/RAU: input {raunet['input_blocks']} -> output {raunet['output_blocks']}, "
@@ -158,7 +159,7 @@ def level_sizes(
 
 
 def phases(
-    unet: UNetMap, latent: tuple[int, int], schedule: OfficialSchedule, rad_level: int | None, pool_level: int | None
+    unet: UNetMap, latent: tuple[int, int], schedule: Schedule, rad_level: int | None, pool_level: int | None
 ) -> tuple[Phase, ...]:
     """The sizes of each phase the schedule has: RAD and pool together, alone, and normal."""
     result = []
@@ -182,8 +183,10 @@ def plan_for(
     turbo: bool = False,
     aggressive: bool = True,
     text_to_image_controlnet: bool = False,
+    schedule_name: str = "measured",
 ) -> AutoPlan:
-    """The plan for a latent of ``latent_height`` x ``latent_width`` on this UNet.
+    """The plan for a latent of ``latent_height`` x ``latent_width`` on this UNet, with
+    the ``schedule_name`` schedule (:data:`~hidiff.core.measured.SCHEDULE_NAMES`).
 
     Raises ValueError for a model that is not an SD1.x/SD2.x/SDXL-like UNet.
     """
@@ -202,7 +205,8 @@ def plan_for(
             False,
             f"at or below the native {native * 8}px, HiDiffusion would only harm quality; nothing is patched",
         )
-    schedule = official_schedule(
+    schedule = schedule_for(
+        schedule_name,
         family,
         latent_height,
         latent_width,
@@ -210,8 +214,8 @@ def plan_for(
         aggressive=aggressive,
         text_to_image_controlnet=text_to_image_controlnet,
     )
-    rad_in = unet.downsample_leaving(traits.rad_level) if schedule.rad else None
-    pool_in = unet.first_block_at(traits.pool_level) if schedule.pool else None
+    rad_in = unet.downsample_leaving(schedule.rad_level) if schedule.rad else None
+    pool_in = unet.first_block_at(schedule.pool_level) if schedule.pool else None
     rad_pair = (rad_in, unet.downsample_pairs()[rad_in]) if rad_in is not None else None
     pool_pair = (pool_in, unet.pool_pairs()[pool_in]) if pool_in is not None else None
     attention_level = unet.highest_attention_level()
@@ -230,8 +234,8 @@ def plan_for(
             unet,
             latent,
             schedule,
-            traits.rad_level if rad_pair else None,
-            traits.pool_level if pool_pair else None,
+            schedule.rad_level if rad_pair else None,
+            schedule.pool_level if pool_pair else None,
         ),
         unet,
     )

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scales", type=lambda t: tuple(_scale(p) for p in t.split(",")), default=None,
                         help="comma list of side multiples, e.g. 1,2,3,4,2x3")  # fmt: skip
     parser.add_argument("--samplers", type=_list(SAMPLERS), default=None, help="comma list of samplers")
-    parser.add_argument("--seeds", type=int, default=None, help="images per cell (full run: 64, short: 8)")
+    parser.add_argument("--seeds", type=int, default=None, help="images per cell (full run: 64, short: 4)")
     parser.add_argument("--json", type=Path, default=None, help="write every row as JSON here")
     parser.add_argument("--grids", type=Path, default=None, help="write PNG grids of samples into this folder")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables, machine and command here")

@@ -22,8 +22,9 @@ import torch
 NATIVE = {"sdxl": 32, "sd15": 32}
 """The side of each layout's training scenes, in latent pixels (x8 for its "image" size)."""
 LAYOUT_NAMES = ("sdxl", "sd15")
-TRAINED: tuple[str, ...] = ()
-"""The layouts whose weights are committed (none yet; see docs/quality.md)."""
+TRAINED: tuple[str, ...] = ("sdxl",)
+"""The layouts whose weights are committed (``weights/lab_<layout>.safetensors`` with its
+``.sha256``); the SD1.5 layout is not trained yet (see docs/quality.md)."""
 CONTEXT_DIM = 32
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 

@@ -33,23 +33,31 @@ def logged_plan(logs) -> str:
     return next(m for m in logs.messages(logging.INFO) if m.startswith("[HiDiffusion] HiDiffusion: "))
 
 
-# (layout, width, height, schedule key, RAD pair + percents, pool pair + percents, MSW in/out)
+OFFICIAL = "schedule: official"
+
+# (layout, width, height, advanced, schedule key, RAD pair + percents, pool pair + percents, MSW in/out)
 CASES = [
-    ("sd15", 1024, 1024, "sd15_1024", ("3", "8", 0.0, 0.4), None, ("1,2", "9,10,11")),
-    ("sd15", 2048, 2048, "sd15_2048", ("3", "8", 0.0, 0.7), ("4", "8", 0.0, 0.3), ("1,2", "9,10,11")),
-    ("sd15", 2048, 1024, "sd15_1024", ("3", "8", 0.0, 0.4), None, ("1,2", "9,10,11")),
-    ("sd2v", 1536, 1536, "sd15_1024", ("3", "8", 0.0, 0.4), None, ("1,2", "9,10,11")),
-    ("sdxl", 2048, 2048, "sdxl_2048", ("6", "2", 0.0, 0.16), ("4", "5", 0.16, 0.4), ("4,5", "3,4,5")),
-    ("sdxl", 4096, 4096, "sdxl_4096", ("6", "2", 0.0, 0.3), ("4", "5", 0.0, 0.7), ("4,5", "3,4,5")),
-    ("sdxl_small", 2048, 2048, "sdxl_2048", ("4", "1", 0.0, 0.16), ("3", "3", 0.16, 0.4), ("3", "2,3")),
+    ("sd15", 1024, 1024, None, "sd15_1024", ("3", "8", 0.0, 0.4), None, ("1,2", "9,10,11")),
+    ("sd15", 2048, 2048, None, "sd15_2048", ("3", "8", 0.0, 0.7), ("4", "8", 0.0, 0.3), ("1,2", "9,10,11")),
+    ("sd15", 2048, 1024, None, "sd15_1024", ("3", "8", 0.0, 0.4), None, ("1,2", "9,10,11")),
+    ("sd15", 2048, 2048, OFFICIAL, "sd15_2048", ("3", "8", 0.0, 0.7), ("4", "8", 0.0, 0.3), ("1,2", "9,10,11")),
+    ("sd2v", 1536, 1536, None, "sd15_1024", ("3", "8", 0.0, 0.4), None, ("1,2", "9,10,11")),
+    ("sdxl", 2048, 2048, None, "sdxl_measured", ("3", "5", 0.0, 0.5), None, ("4,5", "3,4,5")),
+    ("sdxl", 4096, 4096, None, "sdxl_measured", ("3", "5", 0.0, 0.5), None, ("4,5", "3,4,5")),
+    ("sdxl_small", 2048, 2048, None, "sdxl_measured", ("2", "3", 0.0, 0.5), None, ("3", "2,3")),
+    ("sdxl", 2048, 2048, OFFICIAL, "sdxl_2048", ("6", "2", 0.0, 0.16), ("4", "5", 0.16, 0.4), ("4,5", "3,4,5")),
+    ("sdxl", 4096, 4096, OFFICIAL, "sdxl_4096", ("6", "2", 0.0, 0.3), ("4", "5", 0.0, 0.7), ("4,5", "3,4,5")),
+    ("sdxl_small", 2048, 2048, OFFICIAL, "sdxl_2048", ("4", "1", 0.0, 0.16), ("3", "3", 0.16, 0.4), ("3", "2,3")),
 ]
 
 
-@pytest.mark.parametrize(("layout", "width", "height", "key", "rad", "pool", "msw"), CASES)
-def test_plan_follows_structure_and_official_schedule(pack, layout, width, height, key, rad, pool, msw):
+@pytest.mark.parametrize(("layout", "width", "height", "advanced", "key", "rad", "pool", "msw"), CASES)
+def test_plan_follows_structure_and_schedule(pack, layout, width, height, advanced, key, rad, pool, msw):
+    """SD1.x gets the official schedule either way; SDXL the measured one (RAD at the first
+    Downsample, no pooling) unless the advanced YAML asks for the official one."""
     plans = pack["ApplyHiDiffusion"]
     module = __import__("sys").modules[plans.__module__]
-    plan, _ = module.make_plan(tiny_model(layout), width, height, None, None)
+    plan, _ = module.make_plan(tiny_model(layout), width, height, None, advanced)
     assert plan.active and plan.schedule.key == key
     inputs = plan.raunet_inputs()
     assert (inputs["input_blocks"], inputs["output_blocks"], inputs["start_time"], inputs["end_time"]) == rad
@@ -63,14 +71,19 @@ def test_plan_follows_structure_and_official_schedule(pack, layout, width, heigh
             inputs["ca_end_time"],
         ) == pool
     assert (plan.msw_inputs()["input_blocks"], plan.msw_inputs()["output_blocks"]) == msw
-    patched = auto(pack, tiny_model(layout), width, height)
+    patched = auto(pack, tiny_model(layout), width, height, advanced)
     assert raunet_patches(patched)
+
+
+def test_a_schedule_that_does_not_exist_is_refused_by_name(pack):
+    message = pack["ApplyHiDiffusion"].validate_inputs(advanced="schedule: fastest")
+    assert isinstance(message, str) and "schedule" in message and "measured, official" in message
 
 
 def test_feature_map_sizes_are_reported(pack):
     model = tiny_model("sd15")
     report = pack["HiDiffusionInspect"].execute(model=model, width=2048, height=2048).result[0]
-    assert "official schedule sd15_2048" in report
+    assert "schedule sd15_2048" in report
     assert "feature maps, width x height (RAD + pool): L0 256x256, L1 32x32, L2 16x16, L3 8x8" in report
     assert "feature maps, width x height (normal): L0 256x256, L1 128x128, L2 64x64, L3 32x32" in report
     odd = pack["HiDiffusionInspect"].execute(model=model, width=1000, height=1496).result[0]

@@ -10,9 +10,9 @@ pack's SDXL "ultra" preset: input 3 / output 5), which runs all of level 1 at th
 size, gave 12 % at 2x, 50 % at 3x and 4x (ApplyRAUNet, 8 seeds). Adding the pooling to it
 gave as many or more (62-75 %), ending RAD at 0.3 instead of 0.45-0.6 gave 50 % at 2x. So
 for SDXL the measured schedule is RAD there for the first half of sampling and no pooling;
-through the auto node it gave 6 % at 2x (16 seeds) and 25 % at 3x (8 seeds). SD1.x, SDXL-Turbo and
-non-aggressive runs (inpainting, Playground) keep the official schedule, which the lab has
-not measured against anything better. ``schedule: official`` in the advanced YAML gives the
+through the auto node it gave 6 % at 2x (16 seeds), 25 % at 3x and 50 % at 4x (8 seeds).
+SD1.x, SDXL-Turbo and non-aggressive runs (inpainting, Playground) keep the official
+schedule, which the lab has not measured against anything better. ``schedule: official`` in the advanced YAML gives the
 official schedule everywhere.
 
 The lab measures composition at scale on a small model, not realism on a real checkpoint.
@@ -30,6 +30,7 @@ MEASURED_SDXL_RAD = StepWindow(0.0, 0.5)
 """RAD/RAU at the first Downsample for the first half of sampling (lab, 2x, 8 seeds: 12 %
 duplicates ending at 0.45, 0.5 or 0.6, 50 % ending at 0.3)."""
 MEASURED_SDXL_RAD_LEVEL = 0
+"""The level whose Downsample becomes RAD: the first (SDXL's official level is 1)."""
 
 
 def schedule_for(

@@ -1,10 +1,10 @@
 """The automatic plan: what HiDiffusion should do for this model at this size.
 
 Combines the model's structure (:mod:`hidiff.core.unet_map`), the family's native size
-and a schedule (:mod:`hidiff.core.measured`, :mod:`hidiff.core.official`) into blocks and sampling-percent
-ranges for both effects, and the native-resolution gate: at or below the size a model
-was trained at, RAU-Net only harms quality and MSW-MSA gains nothing, so the plan is
-empty. A hires-fix second pass is gated too: its early, high-noise steps, where RAU-Net
+and a schedule (:mod:`hidiff.core.measured`, :mod:`hidiff.core.official`) into blocks and
+sampling-percent ranges for both effects, and the native-resolution gate: at or below the
+size a model was trained at, RAU-Net only harms quality and MSW-MSA gains nothing, so the
+plan is empty. A hires-fix second pass is gated too: its early, high-noise steps, where RAU-Net
 acts, are simply not part of a low-denoise run, because the ranges are sampling percent
 of the model's own noise schedule.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .cost import BlockCost, estimate_flops
-from .measured import schedule_for
+from .measured import SCHEDULE_NAMES, schedule_for
 from .official import FAMILY_TRAITS, Schedule, StepWindow
 from .unet_map import FAMILY_NAMES, Family, UNetMap
 
@@ -183,7 +183,7 @@ def plan_for(
     turbo: bool = False,
     aggressive: bool = True,
     text_to_image_controlnet: bool = False,
-    schedule_name: str = "measured",
+    schedule_name: str = SCHEDULE_NAMES[0],
 ) -> AutoPlan:
     """The plan for a latent of ``latent_height`` x ``latent_width`` on this UNet, with
     the ``schedule_name`` schedule (:data:`~hidiff.core.measured.SCHEDULE_NAMES`).

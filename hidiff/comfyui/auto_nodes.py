@@ -166,8 +166,9 @@ class ApplyHiDiffusion(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "HiDiffusion with no block knowledge: reads the model's structure and native size, compares it with "
-                "the target size and applies the official RAU-Net schedule and MSW-MSA. At or below the native size "
-                "it does nothing and says so."
+                "the target size and applies MSW-MSA and a RAU-Net schedule: for SDXL the one the quality lab "
+                "measured, otherwise (or with schedule: official) the official one. At or below the native size it "
+                "does nothing and says so."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="SD1.x, SD2.x or SDXL model; it is never changed."),

@@ -20,7 +20,7 @@ The lab measures composition at scale on a small model, not realism on a real ch
 
 from __future__ import annotations
 
-from .official import Schedule, StepWindow, official_schedule
+from .official import Schedule, StepWindow
 from .unet_map import Family
 
 SCHEDULE_NAMES = ("measured", "official")
@@ -33,30 +33,15 @@ MEASURED_SDXL_RAD_LEVEL = 0
 """The level whose Downsample becomes RAD: the first (SDXL's official level is 1)."""
 
 
-def schedule_for(
-    name: str,
-    family: Family,
-    latent_height: int,
-    latent_width: int,
-    *,
-    turbo: bool = False,
-    aggressive: bool = True,
-    text_to_image_controlnet: bool = False,
-) -> Schedule:
-    """The ``name`` schedule (one of :data:`SCHEDULE_NAMES`) for a latent above the native size.
+def schedule_for(name: str, official: Schedule, family: Family, *, turbo: bool, aggressive: bool) -> Schedule:
+    """The ``name`` schedule (one of :data:`SCHEDULE_NAMES`) in place of ``official``, the
+    official schedule for the same family, latent and options.
 
-    Raises ValueError for an unknown name.
+    Only the SDXL schedules the lab measured change; every other request gets ``official``
+    back. Raises ValueError for an unknown name.
     """
     if name not in SCHEDULE_NAMES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {name!r}")
-    official = official_schedule(
-        family,
-        latent_height,
-        latent_width,
-        turbo=turbo,
-        aggressive=aggressive,
-        text_to_image_controlnet=text_to_image_controlnet,
-    )
     if name == "official" or family is not Family.SDXL or turbo or not aggressive:
         return official
     return Schedule(

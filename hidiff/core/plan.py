@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .cost import BlockCost, estimate_flops
 from .measured import SCHEDULE_NAMES, schedule_for
-from .official import FAMILY_TRAITS, Schedule, StepWindow
+from .official import FAMILY_TRAITS, Schedule, StepWindow, official_schedule
 from .unet_map import FAMILY_NAMES, Family, UNetMap
 
 OFF = (1.0, 1.0)
@@ -205,8 +205,7 @@ def plan_for(
             False,
             f"at or below the native {native * 8}px, HiDiffusion would only harm quality; nothing is patched",
         )
-    schedule = schedule_for(
-        schedule_name,
+    official = official_schedule(
         family,
         latent_height,
         latent_width,
@@ -214,6 +213,7 @@ def plan_for(
         aggressive=aggressive,
         text_to_image_controlnet=text_to_image_controlnet,
     )
+    schedule = schedule_for(schedule_name, official, family, turbo=turbo, aggressive=aggressive)
     rad_in = unet.downsample_leaving(schedule.rad_level) if schedule.rad else None
     pool_in = unet.first_block_at(schedule.pool_level) if schedule.pool else None
     rad_pair = (rad_in, unet.downsample_pairs()[rad_in]) if rad_in is not None else None

@@ -19,8 +19,11 @@ from typing import Any
 
 import torch
 
-NATIVE = {"sdxl": 32, "sd15": 32}
-"""The side of each layout's training scenes, in latent pixels (x8 for its "image" size)."""
+NATIVE = {"sdxl": 32, "sd15": 24}
+"""The side of each layout's training scenes, in latent pixels (x8 for its "image" size).
+The SD1.5 layout's is 24: its full-resolution level has self-attention, whose cost grows
+with the square of the token count (a training step at 32 takes 2.4x one at 24 here, and
+sampling at 4x the side would take minutes per image)."""
 LAYOUT_NAMES = ("sdxl", "sd15")
 TRAINED: tuple[str, ...] = ("sdxl",)
 """The layouts whose weights are committed (``weights/lab_<layout>.safetensors`` with its

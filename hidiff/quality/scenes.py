@@ -32,6 +32,11 @@ APPEARANCE, EYES, PARTS, MASK = range(CHANNELS)
 HEIGHT_RANGE = (0.40, 0.70)
 """Subject height as a fraction of the frame's shorter side."""
 MAX_TILT = math.radians(30)
+EYE_GAP = 0.55
+"""The least distance from an eye's rim to the head's axis, in pixels. The eyes sit half a
+head radius off the axis; on heads smaller than 2.75 px (at native sides below 32) that
+would merge them, so there they sit this far out. Above it the rule changes nothing, so
+the 32-px scenes the SDXL-layout model learned are the same."""
 STRUCTURE = 3.0
 """Amplitude of the eyes, parts and mask channels (the appearance channel stays near 1).
 The counter reads signs. Measured on the earlier 32-channel models: grain of std about 0.3
@@ -74,7 +79,7 @@ class Subject:
         hy, hx = self.head_centre
         ay, ax = self.axis
         across = (ax, -ay)  # perpendicular to the axis
-        offset = 0.5 * self.head_radius
+        offset = max(0.5 * self.head_radius, self.eye_radius + EYE_GAP)
         lift = 0.1 * self.head_radius
         return [
             (hy + side * offset * across[0] + lift * ay, hx + side * offset * across[1] + lift * ax)

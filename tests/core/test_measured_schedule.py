@@ -9,16 +9,21 @@ from hidiff.core.official import official_schedule
 from hidiff.core.unet_map import Family
 
 
+def schedule(name: str, family: Family, side: int, turbo: bool = False, aggressive: bool = True):
+    official = official_schedule(family, side, side, turbo=turbo, aggressive=aggressive)
+    return schedule_for(name, official, family, turbo=turbo, aggressive=aggressive)
+
+
 def test_measured_sdxl_runs_rad_at_the_first_downsample_for_the_first_half_without_pooling():
     for side in (256, 384, 512, 1024):
-        schedule = schedule_for("measured", Family.SDXL, side, side)
-        assert (schedule.key, schedule.rad, schedule.pool, schedule.rad_level) == (
+        measured = schedule("measured", Family.SDXL, side)
+        assert (measured.key, measured.rad, measured.pool, measured.rad_level) == (
             "sdxl_measured",
             MEASURED_SDXL_RAD,
             None,
             0,
         )
-        assert list(schedule.rad.steps(20)) == list(range(10))
+        assert list(measured.rad.steps(20)) == list(range(10))
 
 
 @pytest.mark.parametrize(
@@ -32,16 +37,16 @@ def test_measured_sdxl_runs_rad_at_the_first_downsample_for_the_first_half_witho
     ],
 )
 def test_what_the_lab_did_not_measure_keeps_the_official_schedule(family, side, options):
-    assert schedule_for("measured", family, side, side, **options) == official_schedule(family, side, side, **options)
+    assert schedule("measured", family, side, **options) == official_schedule(family, side, side, **options)
 
 
 def test_official_gives_the_official_schedule_for_sdxl():
     for side in (256, 512):
-        assert schedule_for("official", Family.SDXL, side, side) == official_schedule(Family.SDXL, side, side)
-    assert schedule_for("official", Family.SDXL, 256, 256).rad_level == 1
+        assert schedule("official", Family.SDXL, side) == official_schedule(Family.SDXL, side, side)
+    assert schedule("official", Family.SDXL, 256).rad_level == 1
 
 
 def test_an_unknown_schedule_is_refused_with_the_valid_names():
     assert SCHEDULE_NAMES[0] == "measured"
     with pytest.raises(ValueError, match="schedule must be one of measured, official, got 'fast'"):
-        schedule_for("fast", Family.SDXL, 256, 256)
+        schedule("fast", Family.SDXL, 256)

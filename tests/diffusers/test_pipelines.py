@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
+import snapshot
 
 pytest.importorskip("diffusers.hooks", reason="diffusers is not installed: pip install -e '.[diffusers]'")
 
@@ -70,6 +74,32 @@ def test_apply_sample_remove_is_bit_identical(helpers, family):
     assert torch.isfinite(active).all()
     assert torch.equal(after, baseline)
     assert leftovers(pipe.unet) == []
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_apply_sample_remove_leave_the_whole_unet_and_every_generator_as_they_were(helpers, family):
+    """A whole-state snapshot (tests/snapshot.py: every module's attributes, hooks and
+    attention processors, the weights, and torch's, random's and numpy's generators)."""
+    pipe = helpers.sd_pipeline() if family == "sd" else helpers.sdxl_pipeline()
+    prompt = helpers.sd_prompt() if family == "sd" else helpers.sdxl_prompt()
+    seed_everything(5)
+    helpers.run(pipe, prompt, 3)
+    rng_after_plain = snapshot.rng_state()
+    seed_everything(5)
+    before = snapshot.of_module(pipe.unet)
+    apply_hidiffusion(pipe)
+    assert snapshot.rng_state() == before.rng
+    assert snapshot.of_module(pipe.unet, rng=False).fields != before.fields  # applying is seen
+    helpers.run(pipe, prompt, 3)
+    remove_hidiffusion(pipe)
+    assert snapshot.rng_state() == rng_after_plain
+    assert before.differences(snapshot.of_module(pipe.unet, rng=False)) == []
 
 
 def test_apply_twice_equals_once_and_remove_is_idempotent(helpers):

@@ -22,7 +22,7 @@ from ..log import logger
 from . import msw_msa, raunet
 from .model_info import unet_map_of
 from .node_common import ADVANCED, CATEGORY, SEARCH_ALIASES, schema, validation_message
-from .params import ParameterError, parse_yaml_parameters, require_bool, require_choice
+from .params import ParameterError, naming_the_yaml, parse_yaml_parameters, require_bool, require_choice
 
 ADVANCED_KEYS = {
     "schedule": "measured (default: SDXL's RAD at the first Downsample, measured in the quality lab) "
@@ -51,17 +51,16 @@ def parse_advanced(text: str | None) -> AutoOptions:
     """The ``advanced`` YAML, checked; errors name the key and list the valid ones."""
     values = parse_yaml_parameters(text, ADVANCED_KEYS, input_name="advanced")
     native = values.get("native_resolution")
-    if native is not None and (isinstance(native, bool) or not isinstance(native, int) or native < 64):
-        raise ParameterError(
-            f"advanced: native_resolution must be a whole number of pixels (64 or more), got {native!r}"
-        )
-    flags = {
-        key: require_bool(key, values[key])
-        for key in ("turbo", "aggressive", "text_to_image_controlnet", "verbose")
-        if key in values
-    }
-    if "schedule" in values:
-        flags["schedule"] = require_choice("advanced: schedule", values["schedule"], SCHEDULE_NAMES)
+    with naming_the_yaml(values, input_name="advanced"):
+        if native is not None and (isinstance(native, bool) or not isinstance(native, int) or native < 64):
+            raise ParameterError(f"native_resolution must be a whole number of pixels (64 or more), got {native!r}")
+        flags = {
+            key: require_bool(key, values[key])
+            for key in ("turbo", "aggressive", "text_to_image_controlnet", "verbose")
+            if key in values
+        }
+        if "schedule" in values:
+            flags["schedule"] = require_choice("schedule", values["schedule"], SCHEDULE_NAMES)
     return AutoOptions(native_resolution=native, **flags)
 
 

@@ -23,7 +23,14 @@ from ..core.unet_map import UNetMap
 from ..core.windows import WindowLayout, window_layout, windowed_attention
 from ..log import logger
 from .model_info import percent_to_sigma, unet_map_of
-from .params import ParameterError, parse_yaml_parameters, require_bool, require_choice, require_number
+from .params import (
+    ParameterError,
+    naming_the_yaml,
+    parse_yaml_parameters,
+    require_bool,
+    require_choice,
+    require_number,
+)
 from .patch_base import MSW_MSA, SharedPatch, effect_of
 from .run_state import RunState, install_run_state, run_state, sigma_of
 
@@ -68,20 +75,22 @@ def build_settings(yaml_parameters: str | None = None, **inputs: Any) -> MswMsaS
     bounds and their order are checked here already; the model's own sigma scale is
     applied later, by :func:`apply_msw_msa`.
     """
-    values = {**inputs, **parse_yaml_parameters(yaml_parameters, YAML_KEYS)}
-    settings = MswMsaSettings(
-        input_blocks=parse_block_list("input_blocks", values.get("input_blocks", "")),
-        middle_blocks=parse_block_list("middle_blocks", values.get("middle_blocks", "")),
-        output_blocks=parse_block_list("output_blocks", values.get("output_blocks", "")),
-        time_mode=require_choice("time_mode", values.get("time_mode", "percent"), TIME_MODES),
-        start_time=require_number("start_time", values.get("start_time", 0.0)),
-        end_time=require_number("end_time", values.get("end_time", 1.0)),
-        shift_mode=require_choice("shift_mode", values.get("shift_mode", "distinct"), SHIFT_MODES),
-        verbose=require_bool("verbose", values.get("verbose", False)),
-    )
-    # Any decreasing map keeps the order of percents, so bounds and order can be checked
-    # without a model.
-    sigma_range(settings.time_mode, settings.start_time, settings.end_time, lambda p: 1.0 - p)
+    overrides = parse_yaml_parameters(yaml_parameters, YAML_KEYS)
+    values = {**inputs, **overrides}
+    with naming_the_yaml(overrides):
+        settings = MswMsaSettings(
+            input_blocks=parse_block_list("input_blocks", values.get("input_blocks", "")),
+            middle_blocks=parse_block_list("middle_blocks", values.get("middle_blocks", "")),
+            output_blocks=parse_block_list("output_blocks", values.get("output_blocks", "")),
+            time_mode=require_choice("time_mode", values.get("time_mode", "percent"), TIME_MODES),
+            start_time=require_number("start_time", values.get("start_time", 0.0)),
+            end_time=require_number("end_time", values.get("end_time", 1.0)),
+            shift_mode=require_choice("shift_mode", values.get("shift_mode", "distinct"), SHIFT_MODES),
+            verbose=require_bool("verbose", values.get("verbose", False)),
+        )
+        # Any decreasing map keeps the order of percents, so bounds and order can be checked
+        # without a model.
+        sigma_range(settings.time_mode, settings.start_time, settings.end_time, lambda p: 1.0 - p)
     return settings
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import yaml
@@ -38,6 +39,25 @@ def parse_yaml_parameters(
         listing = "\n".join(f"  {key}: {doc}" for key, doc in valid_keys.items())
         raise ParameterError(f"{input_name}: unknown key(s) {', '.join(unknown)}. Valid keys:\n{listing}")
     return dict(data)
+
+
+@contextmanager
+def naming_the_yaml(overrides: Mapping[str, Any], input_name: str = "yaml_parameters") -> Iterator[None]:
+    """Errors about a value the YAML set say where it came from.
+
+    A check names the key ("start_time must be a number, got [1, 2]"); when that value came
+    from the YAML input, the widget of the same name is not what the user must fix, so the
+    message becomes "yaml_parameters: start_time must be a number, got [1, 2]".
+    """
+    try:
+        yield
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith(f"{input_name}:") or not any(
+            message.startswith((f"{key} ", f"{key}:")) for key in overrides
+        ):
+            raise
+        raise ParameterError(f"{input_name}: {message}") from None
 
 
 def require_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:

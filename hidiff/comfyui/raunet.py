@@ -67,7 +67,14 @@ from .interop import (
     warn_runtime_conflicts,
 )
 from .model_info import percent_to_sigma, unet_map_of
-from .params import ParameterError, parse_yaml_parameters, require_bool, require_choice, require_number
+from .params import (
+    ParameterError,
+    naming_the_yaml,
+    parse_yaml_parameters,
+    require_bool,
+    require_choice,
+    require_number,
+)
 from .patch_base import RAUNET, SharedPatch, effect_of
 from .run_state import install_run_state, run_state, sigma_of
 
@@ -174,36 +181,38 @@ def build_settings(yaml_parameters: str | None = None, **inputs: Any) -> RauNetS
     Raises :class:`ParameterError` (a ValueError) naming the input and its valid values.
     Block pairs need the model and are checked by :func:`apply_raunet`.
     """
-    values = {**DEFAULTS, **inputs, **parse_yaml_parameters(yaml_parameters, YAML_KEYS)}
-    mode = require_choice("time_mode", values["time_mode"], TIME_MODES)
-    settings = RauNetSettings(
-        input_blocks=parse_block_list("input_blocks", values["input_blocks"]),
-        output_blocks=parse_block_list("output_blocks", values["output_blocks"]),
-        time_mode=mode,
-        start_time=require_number("start_time", values["start_time"]),
-        end_time=require_number("end_time", values["end_time"]),
-        upscale_mode=require_choice("upscale_mode", values["upscale_mode"], UPSCALE_METHODS),
-        ca_start_time=require_number("ca_start_time", values["ca_start_time"]),
-        ca_end_time=require_number("ca_end_time", values["ca_end_time"]),
-        ca_input_blocks=parse_block_list("ca_input_blocks", values["ca_input_blocks"]),
-        ca_output_blocks=parse_block_list("ca_output_blocks", values["ca_output_blocks"]),
-        ca_upscale_mode=require_choice("ca_upscale_mode", values["ca_upscale_mode"], UPSCALE_METHODS),
-        ca_downscale_mode=require_choice("ca_downscale_mode", values["ca_downscale_mode"], CA_DOWNSCALE_METHODS),
-        ca_downscale_factor=_factor("ca_downscale_factor", values["ca_downscale_factor"]),
-        two_stage_upscale_mode=require_choice(
-            "two_stage_upscale_mode", values["two_stage_upscale_mode"], TWO_STAGE_MODES
-        ),
-        ca_downscale_factor_w=_optional(_factor, "ca_downscale_factor_w", values["ca_downscale_factor_w"]),
-        ca_input_after_skip_mode=require_bool("ca_input_after_skip_mode", values["ca_input_after_skip_mode"]),
-        ca_fadeout_start_time=_optional(require_number, "ca_fadeout_start_time", values["ca_fadeout_start_time"]),
-        ca_fadeout_cap=_fraction("ca_fadeout_cap", values["ca_fadeout_cap"]),
-        controlnet_resize_mode=require_choice(
-            "controlnet_resize_mode", values["controlnet_resize_mode"], UPSCALE_METHODS
-        ),
-        verbose=require_bool("verbose", values["verbose"]),
-    )
-    _check_times(settings)
-    _check_pooling(settings)
+    overrides = parse_yaml_parameters(yaml_parameters, YAML_KEYS)
+    values = {**DEFAULTS, **inputs, **overrides}
+    with naming_the_yaml(overrides):
+        mode = require_choice("time_mode", values["time_mode"], TIME_MODES)
+        settings = RauNetSettings(
+            input_blocks=parse_block_list("input_blocks", values["input_blocks"]),
+            output_blocks=parse_block_list("output_blocks", values["output_blocks"]),
+            time_mode=mode,
+            start_time=require_number("start_time", values["start_time"]),
+            end_time=require_number("end_time", values["end_time"]),
+            upscale_mode=require_choice("upscale_mode", values["upscale_mode"], UPSCALE_METHODS),
+            ca_start_time=require_number("ca_start_time", values["ca_start_time"]),
+            ca_end_time=require_number("ca_end_time", values["ca_end_time"]),
+            ca_input_blocks=parse_block_list("ca_input_blocks", values["ca_input_blocks"]),
+            ca_output_blocks=parse_block_list("ca_output_blocks", values["ca_output_blocks"]),
+            ca_upscale_mode=require_choice("ca_upscale_mode", values["ca_upscale_mode"], UPSCALE_METHODS),
+            ca_downscale_mode=require_choice("ca_downscale_mode", values["ca_downscale_mode"], CA_DOWNSCALE_METHODS),
+            ca_downscale_factor=_factor("ca_downscale_factor", values["ca_downscale_factor"]),
+            two_stage_upscale_mode=require_choice(
+                "two_stage_upscale_mode", values["two_stage_upscale_mode"], TWO_STAGE_MODES
+            ),
+            ca_downscale_factor_w=_optional(_factor, "ca_downscale_factor_w", values["ca_downscale_factor_w"]),
+            ca_input_after_skip_mode=require_bool("ca_input_after_skip_mode", values["ca_input_after_skip_mode"]),
+            ca_fadeout_start_time=_optional(require_number, "ca_fadeout_start_time", values["ca_fadeout_start_time"]),
+            ca_fadeout_cap=_fraction("ca_fadeout_cap", values["ca_fadeout_cap"]),
+            controlnet_resize_mode=require_choice(
+                "controlnet_resize_mode", values["controlnet_resize_mode"], UPSCALE_METHODS
+            ),
+            verbose=require_bool("verbose", values["verbose"]),
+        )
+        _check_times(settings)
+        _check_pooling(settings)
     return settings
 
 

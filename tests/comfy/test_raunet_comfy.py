@@ -455,6 +455,24 @@ def test_settings_errors_name_the_input(nodes, rn, overrides, yaml, fragment):
     assert fragment in nodes["ApplyRAUNet"].validate_inputs(**inputs, yaml_parameters=yaml)
 
 
+def test_an_error_in_a_yaml_value_says_it_came_from_the_yaml(pack, rn):
+    """The widget of the same name is not what the user must fix, so the message says so."""
+    with pytest.raises(ValueError) as error:
+        rn.build_settings("start_time: [1, 2]")
+    assert str(error.value) == "yaml_parameters: start_time must be a number, got [1, 2]"
+    with pytest.raises(ValueError) as error:
+        rn.build_settings(None, start_time="soon")
+    assert str(error.value) == "start_time must be a number, got 'soon'"
+    msw = pack["ApplyMSWMSAAttention"].validate_inputs(
+        input_blocks="1", middle_blocks="", output_blocks="9", time_mode="percent", start_time=0.0, end_time=1.0,
+        yaml_parameters="shift_mode: sometimes",
+    )  # fmt: skip
+    assert msw.startswith("yaml_parameters: shift_mode = 'sometimes' is not valid")
+    assert pack["ApplyHiDiffusion"].validate_inputs(advanced="turbo: maybe") == (
+        "advanced: turbo must be true or false, got 'maybe'"
+    )
+
+
 def test_yaml_lists_every_valid_key(rn):
     with pytest.raises(ValueError) as error:
         rn.build_settings("nope: 1")

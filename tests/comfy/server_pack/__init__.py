@@ -1,7 +1,8 @@
 """Test-only node pack for the server end-to-end test: a tiny model and conditioning.
 
 ComfyUI loads it from a temporary custom_nodes folder next to the real pack, so a
-prompt can run EmptyLatentImage -> our nodes -> KSampler without any checkpoint.
+prompt can run EmptyLatentImage -> our nodes -> KSampler without any checkpoint (and
+ControlNetApplyAdvanced with a tiny ControlNet).
 """
 
 import sys
@@ -11,7 +12,7 @@ from comfy_api.latest import ComfyExtension, io
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import conditioning, tiny_model  # noqa: E402
+from harness import conditioning, tiny_controlnet, tiny_model  # noqa: E402
 
 
 class TestTinyUNet(io.ComfyNode):
@@ -44,9 +45,27 @@ class TestFakeConditioning(io.ComfyNode):
         return io.NodeOutput(conditioning(family, seed=seed))
 
 
+class TestTinyControlNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TestTinyControlNet",
+            category="testing",
+            inputs=[io.Combo.Input("family", options=["sd15"])],
+            outputs=[io.ControlNet.Output()],
+        )
+
+    @classmethod
+    def execute(cls, family: str) -> io.NodeOutput:
+        return io.NodeOutput(tiny_controlnet(family))
+
+
+TEST_NODES = [TestTinyUNet, TestFakeConditioning, TestTinyControlNet]
+
+
 class TestExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TestTinyUNet, TestFakeConditioning]
+        return TEST_NODES
 
 
 async def comfy_entrypoint() -> TestExtension:

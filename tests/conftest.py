@@ -6,6 +6,11 @@ ComfyUI, whose version the line names) and ``diffusers``. Each prints
 :data:`harness.FEATURE_SKIP` is a test that needs a ComfyUI feature the running version
 lacks; those are named on the ComfyUI line.
 
+``HIDIFF_OUTCOMES`` (a file path) writes the outcome of every compatibility test
+(``tests/comfy/test_compat_comfy.py``, one per test function: failed over skipped over
+passed across its parameters) and the ComfyUI version as JSON, from which
+``scripts/make_compat_table.py`` writes docs/compatibility.md.
+
 ``HIDIFF_REQUIRED_TIERS`` (a comma list of ``core``, ``comfyui``, ``diffusers``; set by
 .ci/run) makes the run fail when a required tier that this run covers passed nothing, had
 a failure, skipped anything other than a feature-gated test, or ran fewer tests than it
@@ -14,6 +19,7 @@ collected (ComfyUI not found counts: its tests are then not even collected).
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,6 +64,23 @@ class Tier:
 
 
 _TIERS = {name: Tier(name) for name in TIER_DIRS}
+COMPAT_TESTS = TESTS / "comfy" / "test_compat_comfy.py"
+_COMPAT_OUTCOMES: dict[str, str] = {}
+_RANK = {"passed": 0, "skipped": 1, "failed": 2}
+
+
+def _record_compat(report: pytest.TestReport) -> None:
+    """The worst outcome so far of the compatibility test ``report`` belongs to."""
+    if Path(report.fspath).resolve() != COMPAT_TESTS:
+        return
+    name = report.nodeid.split("::")[-1].split("[")[0]
+    outcome = report.outcome
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        outcome = f"skipped: {reason.removeprefix('Skipped: ')}"
+    previous = _COMPAT_OUTCOMES.get(name)
+    if previous is None or _RANK[outcome.split(":")[0]] > _RANK[previous.split(":")[0]]:
+        _COMPAT_OUTCOMES[name] = outcome
 
 
 def _tier_of(path: str | Path) -> Tier | None:
@@ -94,6 +117,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if tier is None:
         return
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _record_compat(report)
         tier.outcomes[report.outcome] += 1
         if report.skipped:
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
@@ -101,6 +125,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
                 tier.outcomes["gated"] += 1
                 tier.gated.add(reason.split(FEATURE_SKIP, 1)[1].strip())
     elif report.when == "teardown" and report.failed:
+        _record_compat(report)
         tier.outcomes["failed"] += 1
 
 
@@ -123,6 +148,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    outcomes_path = os.environ.get("HIDIFF_OUTCOMES")
+    if outcomes_path and _COMPAT_OUTCOMES:
+        document = {"comfyui": comfyui_version(), "outcomes": dict(sorted(_COMPAT_OUTCOMES.items()))}
+        Path(outcomes_path).write_text(json.dumps(document, indent=1) + "\n")
     for name in _required():
         if name not in _TIERS:
             raise pytest.UsageError(f"HIDIFF_REQUIRED_TIERS: unknown tier {name!r}; tiers: {', '.join(_TIERS)}")

@@ -25,9 +25,9 @@ The SD1.5 layout's is 24: its full-resolution level has self-attention, whose co
 with the square of the token count (a training step at 32 takes 2.4x one at 24 here, and
 sampling at 4x the side would take minutes per image)."""
 LAYOUT_NAMES = ("sdxl", "sd15")
-TRAINED: tuple[str, ...] = ("sdxl",)
+TRAINED: tuple[str, ...] = ("sdxl", "sd15")
 """The layouts whose weights are committed (``weights/lab_<layout>.safetensors`` with its
-``.sha256``); the SD1.5 layout is not trained yet (see docs/quality.md)."""
+``.sha256``)."""
 CONTEXT_DIM = 32
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 

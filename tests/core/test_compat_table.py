@@ -87,5 +87,33 @@ def test_rows_merge_tests_and_notes():
         "def helper(): ...\n"
     )
     assert len(rows) == 1 and rows[0].tests == ["test_one", "test_two"] and rows[0].notes == ["n1", "n2"]
-    text = script.render(rows)
-    assert "| X | works with note | n1 n2 | `test_one`<br>`test_two` |" in text
+    runs = [{"comfyui": "0.3.64", "outcomes": {"test_one": "passed", "test_two": "passed"}}]
+    text = script.render(rows, runs)
+    assert "| X | works with note | 0.3.64 | n1 n2 | `test_one`<br>`test_two` |" in text
+
+
+def test_a_row_says_what_it_claims_only_where_its_tests_passed():
+    """Item 5 of the evidence issue: a skipped or failed test cannot leave a row saying "works"."""
+    script = load_script()
+    rows = [script.Row("Area", "X with Y", "works", tests=["test_a", "test_b"])]
+    runs = [
+        {"comfyui": "0.33.0", "outcomes": {"test_a": "passed", "test_b": "passed"}},
+        {"comfyui": "0.3.64", "outcomes": {"test_a": "passed", "test_b": "skipped: needs a feature"}},
+    ]
+    runs = sorted(runs, key=lambda run: [int(part) for part in run["comfyui"].split(".")])
+    shown = script.render(rows, runs)
+    assert "| X with Y | works | 0.33.0 (not 0.3.64: `test_b` skipped: needs a feature) | - |" in shown
+    runs[1]["outcomes"]["test_b"] = "failed"
+    nowhere = script.render(rows, runs)
+    assert (
+        "| X with Y | **not shown** | 0.3.64: `test_b` skipped: needs a feature; 0.33.0: `test_b` failed |" in nowhere
+    )
+    del runs[0]["outcomes"]["test_a"]
+    with pytest.raises(script.TableError, match="no result for test_a"):
+        script.render(rows, runs)
+
+
+def test_the_recorded_runs_cover_both_supported_versions():
+    script = load_script()
+    runs = script.load_outcomes(sorted(script.OUTCOMES.glob("outcomes-*.json")))
+    assert [run["comfyui"] for run in runs] == ["0.3.64", "0.33.0"]

@@ -42,7 +42,6 @@ PATCHER_FIELDS = (
     "forced_hooks",
     "current_hooks",
     "hook_mode",
-    "size",
     "load_device",
     "offload_device",
     "parent",
@@ -51,8 +50,9 @@ PATCHER_FIELDS = (
     "skip_injection",
 )
 """Every ModelPatcher field a node could set (those this ComfyUI has): the patcher's own
-configuration, not the load state ComfyUI changes while it samples (the backups of
-patched weights and objects, set when a model is loaded and cleared when it is not)."""
+configuration, not the state ComfyUI changes on its own: the backups of patched weights and
+objects (set when a model is loaded, cleared when it is not) and the cached model size
+(``size``, which ``clone()`` computes and stores on the original on 0.33.0)."""
 
 
 def fingerprint(value: Any, depth: int = 0, seen: frozenset[int] = frozenset()) -> Any:

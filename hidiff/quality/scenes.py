@@ -34,7 +34,7 @@ HEIGHT_RANGE = (0.40, 0.70)
 MAX_TILT = math.radians(30)
 EYE_GAP = 0.55
 """The least distance from an eye's rim to the head's axis, in pixels. The eyes sit half a
-head radius off the axis; on heads smaller than 2.75 px (at native sides below 32) that
+head radius off the axis; on heads of radius below 2.75 px (at native sides below 32) that
 would merge them, so there they sit this far out. Above it the rule changes nothing, so
 the 32-px scenes the SDXL-layout model learned are the same."""
 STRUCTURE = 3.0

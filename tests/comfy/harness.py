@@ -141,6 +141,43 @@ def fresh_model(family: str, weight_seed: int = 1234, **config_changes):
     )
 
 
+SHARP_ATTENTION_SCALE = 8.0
+"""How much :func:`sharp_attention_model` scales the self-attention queries and keys."""
+
+
+def sharp_attention_model(family: str, weight_seed: int = 1234):
+    """A tiny model whose self-attention is far from uniform, so a wrong window shows.
+
+    Random weights of 0.05 (and LayerNorm gains of 0.05) give attention logits of about
+    1e-4: every token attends to all others nearly equally and any window layout gives
+    almost the same output. Here the self-attention norms have unit gain and the query and
+    key projections are scaled by :data:`SHARP_ATTENTION_SCALE`, which gives logits with a
+    standard deviation of about 6, as in trained SD models. Cached per family, like
+    :func:`tiny_model`.
+    """
+    key = ("sharp", family, weight_seed)
+    if key not in _MODELS:
+        model = fresh_model(family, weight_seed)
+        with torch.no_grad():
+            for name, module in model.get_model_object("diffusion_model").named_modules():
+                if name.endswith(".norm1"):
+                    module.weight.fill_(1.0)
+                    module.bias.zero_()
+                elif name.endswith(".attn1"):
+                    module.to_q.weight.mul_(SHARP_ATTENTION_SCALE)
+                    module.to_k.weight.mul_(SHARP_ATTENTION_SCALE)
+        _MODELS[key] = model
+    return _MODELS[key]
+
+
+def assert_matches_a_decisive_reference(result, reference, unpatched, *, atol: float, rtol: float = 0.0) -> None:
+    """``result`` equals ``reference`` within the tolerance, and that says something: the
+    reference is at least ten times ``atol`` away from the ``unpatched`` result."""
+    torch.testing.assert_close(result, reference, rtol=rtol, atol=atol)
+    gap = float((reference - unpatched).abs().max())
+    assert gap >= 10 * atol, f"the reference is only {gap:.3g} from the unpatched result (tolerance {atol:g})"
+
+
 def rau_patches(model) -> list:
     """RAU-Net's Upsample patches, whichever way this ComfyUI takes them: ``(Upsample, handler)``
     patches where handlers reach Upsample layers, object patches on their ``forward`` before."""

@@ -16,11 +16,12 @@ from comfy_api.latest import io, ui
 
 from ..core.cost import unet_costs
 from ..core.measured import SCHEDULE_NAMES
+from ..core.official import aggressive_by_default
 from ..core.plan import AutoPlan, plan_for
 from ..core.unet_map import Family
 from ..log import logger
 from . import msw_msa, raunet
-from .model_info import unet_map_of
+from .model_info import in_channels_of, is_edm_eps, unet_map_of
 from .node_common import ADVANCED, CATEGORY, SEARCH_ALIASES, schema, validation_message
 from .params import ParameterError, naming_the_yaml, parse_yaml_parameters, require_bool, require_choice
 
@@ -29,7 +30,8 @@ ADVANCED_KEYS = {
     "or official (the paper's schedule for every family)",
     "native_resolution": "the model's native size in pixels (default: from the model: SD1.x 512, SD2.x-v 768, SDXL 1024)",
     "turbo": "true for SDXL-Turbo-style few-step models (pooling only, first half of sampling)",
-    "aggressive": "SDXL below 4096px: RAD first, then pooling (default true; false for inpainting/Playground models)",
+    "aggressive": "SDXL below 4096px: RAD first, then pooling (default: true, except for inpainting UNets "
+    "and Playground v2.5-style EDM models)",
     "text_to_image_controlnet": "true: the official SDXL ControlNet schedule (pooling until 50% instead of 40%)",
     "verbose": "true: also log each effect's settings",
 }
@@ -42,7 +44,7 @@ class AutoOptions:
     native_resolution: int | None = None
     schedule: str = SCHEDULE_NAMES[0]
     turbo: bool = False
-    aggressive: bool = True
+    aggressive: bool | None = None
     text_to_image_controlnet: bool = False
     verbose: bool = False
 
@@ -77,6 +79,13 @@ def native_latent(model: Any, family: Family, options: AutoOptions) -> int | Non
     return None
 
 
+def aggressive_for(model: Any, options: AutoOptions) -> bool:
+    """The user's ``aggressive``, else the official default read from the model's structure."""
+    if options.aggressive is not None:
+        return options.aggressive
+    return aggressive_by_default(in_channels_of(model), playground=is_edm_eps(model))
+
+
 def target_latent(width: int, height: int, latent: dict | None) -> tuple[int, int]:
     """(height, width) of the latent to be sampled: the connected latent's, else width/height / 8."""
     if latent is not None and "samples" in latent:
@@ -100,7 +109,7 @@ def make_plan(
             latent_w,
             native_latent=native_latent(model, family, options) if family else None,
             turbo=options.turbo,
-            aggressive=options.aggressive,
+            aggressive=aggressive_for(model, options),
             text_to_image_controlnet=options.text_to_image_controlnet,
             schedule_name=options.schedule,
         )

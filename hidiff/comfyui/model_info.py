@@ -15,3 +15,18 @@ def unet_map_of(model: Any) -> UNetMap:
 def percent_to_sigma(model: Any):
     """The model's own sampling-percent to sigma conversion."""
     return model.get_model_object("model_sampling").percent_to_sigma
+
+
+def in_channels_of(model: Any) -> int:
+    """Input channels of the diffusion model's first convolution (9 for inpainting UNets); 4
+    for a model without UNet input blocks, which the plan then refuses with its own message."""
+    blocks = getattr(model.get_model_object("diffusion_model"), "input_blocks", None)
+    try:
+        return int(blocks[0][0].in_channels)
+    except (TypeError, IndexError, AttributeError):
+        return 4
+
+
+def is_edm_eps(model: Any) -> bool:
+    """Whether the model samples as an EDM epsilon model, as Playground v2.5 does in ComfyUI."""
+    return getattr(getattr(model.model, "model_type", None), "name", "") == "EDM"

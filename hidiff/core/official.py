@@ -68,6 +68,21 @@ class Schedule:
     pool_level: int
 
 
+INPAINTING_IN_CHANNELS = 9
+"""Input channels of an inpainting UNet: the latent, the mask and the masked image's latent."""
+
+
+def aggressive_by_default(in_channels: int, playground: bool = False) -> bool:
+    """Whether SDXL below 4096 px runs RAD first when the user has not said.
+
+    The official package switches aggressive mode off when the model's name contains
+    "inpainting" or "playground". Adapters see no names, so the structure decides: an
+    inpainting UNet has :data:`INPAINTING_IN_CHANNELS` input channels, and a Playground
+    v2.5-style model is an EDM model (the adapter tells).
+    """
+    return in_channels != INPAINTING_IN_CHANNELS and not playground
+
+
 def official_schedule(
     family: Family,
     latent_height: int,

@@ -26,7 +26,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
-from ..core.official import official_schedule
+from ..core.official import aggressive_by_default, official_schedule
 from ..core.windows import independent_shift_sequence
 from ..log import logger
 from .hooks import (
@@ -69,7 +69,9 @@ class Installation:
         self.raunet, self.windows = raunet, windows
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
         self.native_latent = _native_latent(layout, options, pipeline)
-        self.aggressive = options.aggressive if options.aggressive is not None else layout.in_channels != 9
+        self.aggressive = (
+            options.aggressive if options.aggressive is not None else aggressive_by_default(layout.in_channels)
+        )
         self.text_to_image_controlnet = (
             options.text_to_image_controlnet
             if options.text_to_image_controlnet is not None

@@ -128,8 +128,8 @@ def load(layout: str) -> Any:
     path = weights_path(layout)
     if not path.exists():
         raise FileNotFoundError(
-            f"no lab model for the {layout} layout at {path}; train it with "
-            f"`python -m hidiff quality train --layout {layout}`"
+            f"no lab model for the {layout} layout at {path} (Comfy Registry installs leave the lab's "
+            f"weights out; a git clone has them); train it with `python -m hidiff quality train --layout {layout}`"
         )
     with safe_open(str(path), framework="pt") as weights:
         stored = weights.metadata() or {}

@@ -99,8 +99,42 @@ SDXL_SMALL_CONFIG = dict(
 )
 """An SDXL-like layout with fewer blocks (KOALA-style: one res block per level)."""
 
-CONFIGS = {"sd15": SD15_CONFIG, "sdxl": SDXL_CONFIG, "sd2v": SD2V_CONFIG, "sdxl_small": SDXL_SMALL_CONFIG}
-FAMILY_OF = {"sd15": "sd15", "sdxl": "sdxl", "sd2v": "sd15", "sdxl_small": "sdxl"}
+SDXL_REFINER_CONFIG = dict(
+    SDXL_CONFIG,
+    adm_in_channels=2560,
+    num_res_blocks=[2, 2, 2, 2],
+    channel_mult=[1, 2, 4, 4],
+    transformer_depth=[0, 0, 1, 1, 1, 1, 0, 0],
+    transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+)
+"""The SDXL refiner's layout: four levels like SD1.x, attention on the middle two only."""
+
+CONFIGS = {
+    "sd15": SD15_CONFIG,
+    "sdxl": SDXL_CONFIG,
+    "sd2v": SD2V_CONFIG,
+    "sdxl_small": SDXL_SMALL_CONFIG,
+    "sdxl_inpaint": dict(SDXL_CONFIG, in_channels=9),
+    "sdxl_refiner": SDXL_REFINER_CONFIG,
+    "sdxl_playground": SDXL_CONFIG,
+    "sdxl_vpred_edm": SDXL_CONFIG,
+}
+FAMILY_OF = {
+    "sd15": "sd15",
+    "sdxl": "sdxl",
+    "sd2v": "sd15",
+    "sdxl_small": "sdxl",
+    "sdxl_inpaint": "sdxl",
+    "sdxl_refiner": "sdxl",
+    "sdxl_playground": "sdxl",
+    "sdxl_vpred_edm": "sdxl",
+}
+CHECKPOINT_MARKERS = {
+    "sdxl_playground": {"edm_mean": torch.zeros(1, 4, 1, 1), "edm_std": torch.ones(1, 4, 1, 1)},
+    "sdxl_vpred_edm": {"edm_vpred.sigma_max": torch.tensor(120.0), "edm_vpred.sigma_min": torch.tensor(0.002)},
+}
+"""The state-dict keys by which ComfyUI's SDXL class recognises a checkpoint's model type:
+Playground v2.5 (EDM, sigmas 0.002-80) and a v-prediction EDM model (sigma_max 120)."""
 _MODELS: dict = {}
 
 
@@ -125,13 +159,18 @@ def fresh_model(family: str, weight_seed: int = 1234, **config_changes):
     import comfy.supported_models
 
     config = dict(CONFIGS[family], dtype=torch.float32, **config_changes)
-    classes = {"sd15": comfy.supported_models.SD15, "sdxl": comfy.supported_models.SDXL}
-    model_config = (comfy.supported_models.SD20 if family == "sd2v" else classes[FAMILY_OF[family]])(config)
+    classes = {
+        "sd15": comfy.supported_models.SD15,
+        "sdxl": comfy.supported_models.SDXL,
+        "sd2v": comfy.supported_models.SD20,
+        "sdxl_refiner": comfy.supported_models.SDXLRefiner,
+    }
+    model_config = classes.get(family, classes[FAMILY_OF[family]])(config)
     model_config.set_inference_dtype(torch.float32, None)
     if family == "sd2v":
         model = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.ModelType.V_PREDICTION)
     else:
-        model = model_config.get_model({})
+        model = model_config.get_model(CHECKPOINT_MARKERS.get(family, {}))
     generator = torch.Generator().manual_seed(weight_seed)
     with torch.no_grad():
         for param in model.parameters():

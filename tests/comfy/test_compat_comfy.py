@@ -32,6 +32,7 @@ from harness import (
     assert_matches_a_decisive_reference,
     conditioning,
     fresh_model,
+    pack_module,
     rau_patches,
     sample,
     sharp_attention_model,
@@ -77,6 +78,10 @@ MSW_BLOCKS = {
     "sd15": {"input_blocks": "1,2", "output_blocks": "9,10,11"},
     "sdxl": {"input_blocks": "4,5", "output_blocks": "3,4,5"},
 }
+for _kind in ("sdxl_inpaint", "sdxl_playground", "sdxl_vpred_edm"):
+    RAUNET_BLOCKS[_kind], MSW_BLOCKS[_kind] = RAUNET_BLOCKS["sdxl"], MSW_BLOCKS["sdxl"]
+RAUNET_BLOCKS["sdxl_refiner"] = RAUNET_BLOCKS["sd15"]  # four levels, Downsamples at 3, 6 and 9
+MSW_BLOCKS["sdxl_refiner"] = {"input_blocks": "4,5", "output_blocks": "6,7,8"}  # its highest attention level
 MSW_TIMES = {"middle_blocks": "", "time_mode": "percent", "start_time": 0.0, "end_time": 1.0}
 RAD_ONLY = {"ca_input_blocks": "", "ca_output_blocks": ""}
 MSW_EFFECT = "hidiffusion_msw_msa"
@@ -746,6 +751,118 @@ def test_quantised_downsample(pack):
     assert torch.isfinite(result).all() and different(result, sample(model, "sd15", 21, 29))
 
 
+# --- model kinds -------------------------------------------------------------------------------------
+
+
+def auto_uses_rad(pack, kind: str, advanced: str = "") -> bool:
+    """Whether the auto node puts RAD on this model at 640x512 px with a 128 px native size
+    (SDXL below 4096 px, where only aggressive mode runs RAD)."""
+    patched = (
+        pack["ApplyHiDiffusion"]
+        .execute(
+            model=tiny_model(kind),
+            width=640,
+            height=512,
+            advanced=f"native_resolution: 128\n{advanced}",
+            raunet=True,
+            msw_msa=True,
+        )
+        .result[0]
+    )
+    return bool(rad_patches(patched))
+
+
+def rad_patches(model) -> list:
+    """RAU-Net's Downsample handlers (RAD) on a patched clone."""
+    handlers = model.model_options.get("transformer_options", {}).get("patches", {})
+    return [
+        h
+        for _, h in handlers.get("forward_timestep_embed_patch", [])
+        if type(h).__name__ == "ResolutionAwareDownsample"
+    ]
+
+
+@compat(
+    FORMATS,
+    "EDM models (Playground v2.5-style: sigmas 0.002 to 80)",
+    "works",
+    "Time ranges are sampling percent of the model's own continuous noise schedule. The auto node turns "
+    "aggressive mode off for EDM models, as the official method does for Playground.",
+)
+def test_edm_model(pack):
+    kind = "sdxl_playground"
+    assert tiny_model(kind).model.model_type.name == "EDM"
+    check_run(pack, kind, (24, 32), lambda m: sample(m, kind, 24, 32, steps=6, scheduler="karras", seed=3))
+    assert auto_uses_rad(pack, "sdxl") and not auto_uses_rad(pack, kind)
+    assert auto_uses_rad(pack, kind, "aggressive: true")
+
+
+@compat(FORMATS, "v-prediction EDM models (sigma_max read from the checkpoint)", "works")
+def test_v_prediction_edm_model(pack):
+    kind = "sdxl_vpred_edm"
+    sampling = tiny_model(kind).get_model_object("model_sampling")
+    assert tiny_model(kind).model.model_type.name == "V_PREDICTION_EDM" and float(sampling.sigma_max) == pytest.approx(
+        120.0
+    )
+    check_run(pack, kind, (24, 32), lambda m: sample(m, kind, 24, 32, steps=6, seed=3))
+    assert auto_uses_rad(pack, kind)
+
+
+@compat(
+    FORMATS,
+    "inpainting UNets (9 input channels) with a noise mask",
+    "works",
+    "The masked area is sampled with HiDiffusion, the rest is kept. The auto node turns aggressive mode off "
+    "for them, as the official method does for inpainting models.",
+)
+def test_inpainting_unet(pack):
+    kind = "sdxl_inpaint"
+    first = tiny_model(kind).get_model_object("diffusion_model").input_blocks[0][0]
+    assert first.in_channels == 9
+    mask = torch.zeros(1, 24, 32)
+    mask[..., 16:] = 1.0
+
+    def run(model):
+        return sample(model, kind, 24, 32, steps=6, seed=3, noise_mask=mask)
+
+    check_run(pack, kind, (24, 32), run)
+    patched = hidiffusion(pack, tiny_model(kind), kind)
+    result, unpatched = run(patched), run(tiny_model(kind))
+    assert torch.equal(result[..., :16], unpatched[..., :16])  # kept: the input latent
+    assert different(result[..., 16:], unpatched[..., 16:])
+    assert not auto_uses_rad(pack, kind) and auto_uses_rad(pack, kind, "aggressive: true")
+
+
+@compat(
+    FORMATS,
+    "the SDXL refiner layout (four levels, attention on the middle two)",
+    "works",
+    "Block pairs and windowed blocks come from the structure: RAD at input 3 / output 8, windows on level 1.",
+)
+def test_refiner_layout(pack):
+    kind = "sdxl_refiner"
+    assert type(tiny_model(kind).model).__name__ == "SDXLRefiner"
+    check_run(pack, kind, (24, 32), lambda m: sample(m, kind, 24, 32, steps=6, seed=3))
+    patched = (
+        pack["ApplyHiDiffusion"]
+        .execute(
+            model=tiny_model(kind), width=640, height=512, advanced="native_resolution: 128", raunet=True, msw_msa=True
+        )
+        .result[0]
+    )
+    assert sorted(tuple(key[:2]) for key in attn1_replaces(patched)) == [
+        ("input", 4),
+        ("input", 5),
+        ("output", 6),
+        ("output", 7),
+        ("output", 8),
+    ]
+    assert [p.blocks for p in rad_patches(patched)] == [frozenset({3})]
+    auto_nodes = pack_module("hidiff.comfyui.auto_nodes")
+    assert auto_nodes.make_plan(tiny_model(kind), 640, 512, None, "native_resolution: 128")[0].rad_pair == (3, 8)
+    assert torch.isfinite(sample(patched, kind, 64, 80, steps=2)).all()
+
+
 # --- our two nodes together ----------------------------------------------------------------------
 
 
@@ -853,6 +970,17 @@ def test_sampler_second_order(pack, sampler):
     # 4 steps, each but the last (to sigma 0) with a second evaluation (heun: at the next sigma; dpmpp_2s_ancestral
     # with eta 1: at sqrt(sigma * sigma_down), which is again the next sigma), in each of the two patched runs
     assert sum(1 for call in calls if call.block == 3) == 2 * 7
+
+
+@compat(
+    SAMPLERS,
+    "karras and exponential schedulers",
+    "works",
+    "RAU-Net and MSW-MSA follow each call's own sigma, however the schedule spaces them.",
+)
+@pytest.mark.parametrize("scheduler", ["karras", "exponential"])
+def test_schedulers(pack, scheduler):
+    check_run(pack, "sd15", (21, 29), lambda m: sample(m, "sd15", 21, 29, steps=6, scheduler=scheduler, seed=3))
 
 
 def to_model_sampling(family: str):

@@ -9,24 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from harness import REPO_ROOT, control_hint, sample, tiny_controlnet, tiny_model
+from node_settings import RAUNET_SD15
 
 DROPPED = "control could not be applied"
-RAUNET_SD15 = {
-    "input_blocks": "3",
-    "output_blocks": "8",
-    "time_mode": "percent",
-    "start_time": 0.0,
-    "end_time": 0.6,
-    "upscale_mode": "bicubic",
-    "ca_start_time": 0.0,
-    "ca_end_time": 0.4,
-    "ca_input_blocks": "4",
-    "ca_output_blocks": "8",
-    "ca_upscale_mode": "bicubic",
-    "ca_downscale_mode": "avg_pool2d",
-    "ca_downscale_factor": 2.0,
-    "two_stage_upscale_mode": "disabled",
-}
 
 
 def raunet(pack, model, yaml_parameters=None, **overrides):

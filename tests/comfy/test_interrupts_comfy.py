@@ -21,26 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 from harness import REPO_ROOT, control_hint, sample, tiny_controlnet, tiny_model
+from node_settings import MSW_SD15, RAUNET_SD15
 
 STEPS = 4
-RAUNET = {
-    "input_blocks": "3",
-    "output_blocks": "8",
-    "time_mode": "percent",
-    "start_time": 0.0,
-    "end_time": 0.6,
-    "upscale_mode": "bicubic",
-    "ca_start_time": 0.0,
-    "ca_end_time": 0.6,
-    "ca_input_blocks": "4",
-    "ca_output_blocks": "8",
-    "ca_upscale_mode": "bicubic",
-    "ca_downscale_mode": "avg_pool2d",
-    "ca_downscale_factor": 2.0,
-    "two_stage_upscale_mode": "disabled",
-}
-MSW = {"input_blocks": "1,2", "middle_blocks": "", "output_blocks": "9,10,11", "time_mode": "percent",
-       "start_time": 0.0, "end_time": 1.0}  # fmt: skip
+RAUNET = dict(RAUNET_SD15, ca_end_time=0.6)
+MSW = dict(MSW_SD15)
 CASES = ("raunet", "msw_msa", "controlnet")
 SIZE = (24, 40)
 

@@ -17,31 +17,10 @@ import pytest
 import snapshot
 import torch
 from harness import fresh_model, sample
+from node_settings import MSW_SDXL, RAUNET_SDXL
 
-RAUNET = {
-    "input_blocks": "3",
-    "output_blocks": "5",
-    "time_mode": "percent",
-    "start_time": 0.0,
-    "end_time": 0.6,
-    "upscale_mode": "bicubic",
-    "ca_start_time": 0.0,
-    "ca_end_time": 0.6,
-    "ca_input_blocks": "4",
-    "ca_output_blocks": "5",
-    "ca_upscale_mode": "bicubic",
-    "ca_downscale_mode": "avg_pool2d",
-    "ca_downscale_factor": 2.0,
-    "two_stage_upscale_mode": "disabled",
-}
-MSW = {
-    "input_blocks": "4,5",
-    "middle_blocks": "",
-    "output_blocks": "3,4,5",
-    "time_mode": "percent",
-    "start_time": 0.0,
-    "end_time": 1.0,
-}
+RAUNET = dict(RAUNET_SDXL, ca_end_time=0.6)
+MSW = dict(MSW_SDXL)
 NODES = {
     "ApplyRAUNet": RAUNET,
     "ApplyRAUNetSimple": {

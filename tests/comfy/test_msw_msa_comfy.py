@@ -22,6 +22,7 @@ from harness import (
     tiny_model,
     widget_inputs,
 )
+from node_settings import MSW_SD15
 from reference import naive_windowed
 
 SEED_WORKFLOWS = REPO_ROOT / "tests" / "data" / "seed_workflows"
@@ -30,14 +31,7 @@ PRESET_BLOCKS = {"sd15": ("1,2", "9,10,11"), "sdxl": ("4,5", "3,4,5")}
 
 
 def apply_msw(pack, model, inputs=None, yaml_parameters=None, **overrides):
-    values = {
-        "input_blocks": "1,2",
-        "middle_blocks": "",
-        "output_blocks": "9,10,11",
-        "time_mode": "percent",
-        "start_time": 0.0,
-        "end_time": 1.0,
-    }
+    values = dict(MSW_SD15)
     values.update(inputs or {})
     values.update(overrides)
     return pack["ApplyMSWMSAAttention"].execute(model=model, yaml_parameters=yaml_parameters, **values).result[0]

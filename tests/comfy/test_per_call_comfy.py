@@ -26,8 +26,9 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 from harness import control_hint, pack_module, sample, sharp_attention_model, tiny_controlnet
+from node_settings import RAUNET_SD15, RAUNET_SDXL
 from reference import naive_windowed, plain_attention
-from test_controlnet_comfy import RAUNET_SD15, tiny_t2i_adapter
+from test_controlnet_comfy import tiny_t2i_adapter
 from test_msw_msa_comfy import PRESET_BLOCKS, apply_msw, replaces_of
 
 TOL = 1e-4
@@ -35,8 +36,6 @@ TOL = 1e-4
 MARGIN = 10 * TOL
 """Smallest difference required between the reference and every answer it rules out."""
 
-RAUNET_SDXL = dict(RAUNET_SD15, output_blocks="5", ca_input_blocks="4", ca_output_blocks="5")
-"""The official SDXL pairs: RAD at input 3 / output 5, CA at input 4 / output 5."""
 RAUNET_OF = {"sd15": RAUNET_SD15, "sdxl": RAUNET_SDXL}
 
 

@@ -22,6 +22,7 @@ import uuid
 import zlib
 from pathlib import Path
 
+import node_settings
 import pytest
 import torch
 from harness import conditioning, load_pack, tiny_controlnet, tiny_model
@@ -37,14 +38,8 @@ DETAIL_BOUND = 4000
 values, never the 100 kB YAML or an expanded alias bomb echoed back. (ComfyUI repeats a
 failed ``validate_inputs`` message once per input of the node.)"""
 
-RAUNET_SD15 = {
-    "input_blocks": "3", "output_blocks": "8", "time_mode": "percent", "start_time": 0.0, "end_time": 0.6,
-    "upscale_mode": "bicubic", "ca_start_time": 0.0, "ca_end_time": 0.4, "ca_input_blocks": "4",
-    "ca_output_blocks": "8", "ca_upscale_mode": "bicubic", "ca_downscale_mode": "avg_pool2d",
-    "ca_downscale_factor": 2.0, "two_stage_upscale_mode": "disabled", "yaml_parameters": "",
-}  # fmt: skip
-MSW_SD15 = {"input_blocks": "1,2", "middle_blocks": "", "output_blocks": "9,10,11", "time_mode": "percent",
-            "start_time": 0.0, "end_time": 1.0, "yaml_parameters": ""}  # fmt: skip
+RAUNET_SD15 = dict(node_settings.RAUNET_SD15, yaml_parameters="")
+MSW_SD15 = dict(node_settings.MSW_SD15, yaml_parameters="")
 ALIAS_BOMB = "\n".join(
     [f"a0: &a0 [{', '.join(['x'] * 9)}]"]
     + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]

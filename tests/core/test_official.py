@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hidiff.core.official import official_schedule
+from hidiff.core.official import INPAINTING_IN_CHANNELS, aggressive_by_default, official_schedule
 from hidiff.core.plan import level_sizes
 from hidiff.core.unet_map import Family
 
@@ -49,3 +49,12 @@ def test_level_sizes_follow_ceil_at_every_step():
     # 1000x1496 px: RAD 125x187 -> 32x47 (ceil), exactly as the method text
     assert level_sizes(4, (187, 125), rad_level=0)[1] == (47, 32)
     assert level_sizes(3, (256, 256), pool_level=1) == ((256, 256), (64, 64), (32, 32))
+
+
+def test_aggressive_mode_is_off_for_inpainting_and_playground_models_by_default():
+    """The official package reads "inpainting" / "playground" in the model's name; the
+    adapters read the structure: 9 input channels, or an EDM model."""
+    assert aggressive_by_default(4) is True
+    assert aggressive_by_default(INPAINTING_IN_CHANNELS) is False
+    assert aggressive_by_default(4, playground=True) is False
+    assert aggressive_by_default(8) is True  # instruct-pix2pix-style 8-channel UNets are not inpainting models

@@ -19,19 +19,22 @@ def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
     return (weights @ split(v)).transpose(1, 2).reshape(batch, tokens, width)
 
 
-def naive_windowed(q, k, v, height: int, width: int, shift_index: int, heads: int = 1) -> torch.Tensor:
+def naive_windowed(
+    q, k, v, height: int, width: int, shift_index: int, heads: int = 1, rows: int = 2, cols: int = 2
+) -> torch.Tensor:
     """MSW-MSA written from the method text, independent of the implementation: roll the
-    grid by -(window // 4) * k, cut it into 2x2 windows of ceil(H/2) x ceil(W/2), and let
-    each token attend to exactly the tokens of its own window."""
-    win_h, win_w = math.ceil(height / 2), math.ceil(width / 2)
+    grid by -(window // 4) * k, cut it into rows x cols windows of ceil(H/rows) x
+    ceil(W/cols) (2x2 in the method), and let each token attend to exactly the tokens of
+    its own window."""
+    win_h, win_w = math.ceil(height / rows), math.ceil(width / cols)
     shift_h, shift_w = (win_h // 4) * shift_index, (win_w // 4) * shift_index
     out = torch.empty_like(q)
-    window_of: dict[tuple[bool, bool], list[int]] = {}
+    window_of: dict[tuple[int, int], list[int]] = {}
     for r in range(height):
         for c in range(width):
             # after torch.roll(grid, -shift), position (r, c) sits at ((r - s) mod H, ...)
             rr, cc = (r - shift_h) % height, (c - shift_w) % width
-            window_of.setdefault((rr >= win_h, cc >= win_w), []).append(r * width + c)
+            window_of.setdefault((rr // win_h, cc // win_w), []).append(r * width + c)
     for members in window_of.values():
         idx = torch.tensor(members)
         out[:, idx] = plain_attention(q[:, idx], k[:, idx], v[:, idx], heads)

@@ -20,7 +20,7 @@ from typing import Any
 from . import machine
 from .models import MODELS
 from .schedule import RES_MODES
-from .unet_call import CONFIG_NAMES, SCHEDULE_STEPS
+from .unet_call import CONFIG_NAMES, DEFAULT_CONFIGS, SCHEDULE_STEPS
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--model", choices=sorted(MODELS), default="sd15", help="architecture (default sd15)")
     add("--size", type=parse_size, help="image WIDTHxHEIGHT in pixels for the one-call table (default per device)")
-    add("--configs", type=parse_configs, default=list(CONFIG_NAMES), help="comma list of off,msw,raunet,both")
+    add(
+        "--configs",
+        type=parse_configs,
+        default=list(DEFAULT_CONFIGS),
+        help="comma list of off,msw,raunet,both (default) and msw-native (MSW-MSA with window_grid: native)",
+    )
     add("--batch", type=_positive(1), default=1, help="latent batch of the one-call table (default 1)")
     add("--warmup", type=_positive(0), help="untimed calls per configuration (default per device)")
     add("--repeats", type=_positive(0), help="timed calls per configuration, shown as the mean (0: FLOPs only)")

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -137,8 +138,9 @@ class AttentionRecorder:
     neither the result nor the count.
     """
 
-    def __init__(self, windowed_blocks: frozenset[tuple[str, int]]) -> None:
+    def __init__(self, windowed_blocks: frozenset[tuple[str, int]], grid_of: GridOf | None = None) -> None:
         self.windowed_blocks = windowed_blocks
+        self.grid_of = grid_of or (lambda key, height, width: (2, 2))
         self.self_calls: list[dict[str, Any]] = []
         self.cross_calls: list[dict[str, Any]] = []
 
@@ -179,13 +181,15 @@ class AttentionRecorder:
     def expected_flops(self) -> int:
         """Attention FLOPs by hand: QK^T and AV are 2 * B * Nq * Nk * inner each.
 
-        A windowed call attends inside 2x2 windows of ceil(H/2) x ceil(W/2) tokens (the
-        far windows take the rest of an odd side), so its cost is the sum over windows.
+        A windowed call attends inside R x C windows of ceil(H/R) x ceil(W/C) tokens (2x2
+        unless ``grid_of`` says otherwise; the last windows take the rest of a side), so its
+        cost is the sum over windows.
         """
         total = 0
         for call in self.self_calls:
             if self.windowed(call):
-                pairs = sum((r * c) ** 2 for r in _halves(call["height"]) for c in _halves(call["width"]))
+                rows, cols = self.grid_of(call["key"], call["height"], call["width"])
+                pairs = sum((r * c) ** 2 for r in _pieces(call["height"], rows) for c in _pieces(call["width"], cols))
             else:
                 pairs = call["tokens"] * call["context_tokens"]
             total += 4 * call["batch"] * pairs * call["inner"]
@@ -211,6 +215,20 @@ class AttentionRecorder:
         return options
 
 
-def _halves(side: int) -> tuple[int, ...]:
-    first = -(-side // 2)
-    return (first, side - first) if side - first else (first,)
+def _pieces(side: int, count: int) -> tuple[int, ...]:
+    """The window sides along one side of ``count`` windows of ceil(side / count) tokens."""
+    piece = -(-side // count)
+    return tuple(min(piece, side - start) for start in range(0, side, piece))
+
+
+GridOf = Callable[[tuple[str, int], int, int], tuple[int, int]]
+"""(block, height, width) -> the rows and columns of windows MSW-MSA uses there."""
+
+
+def window_grid_of(patcher: Any) -> GridOf | None:
+    """The grid of windows of the MSW-MSA patch on ``patcher`` (its own ``grid_for``), if any."""
+    replaces = patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    for patch in replaces.values():
+        if hasattr(patch, "grid_for"):
+            return patch.grid_for
+    return None

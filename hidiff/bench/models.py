@@ -78,11 +78,21 @@ class ModelSpec:
     msw_output: str
     raunet: dict[str, Any]
     pooled_output: bool = False
+    native_resolution: int | None = None
+    """The native size ``msw-native`` sizes its windows by (None: the model's own)."""
     msw: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
         msw = {"input_blocks": self.msw_input, "output_blocks": self.msw_output, "start_time": 0.0, "end_time": 1.0}
         object.__setattr__(self, "msw", msw)
+
+    @property
+    def msw_native(self) -> dict[str, Any]:
+        """MSW-MSA's inputs with ``window_grid: native`` (and the spec's native size, if any)."""
+        yaml = "window_grid: native"
+        if self.native_resolution is not None:
+            yaml += f"\nnative_resolution: {self.native_resolution}"
+        return dict(self.msw, yaml_parameters=yaml)
 
     @property
     def msw_blocks(self) -> frozenset[tuple[str, int]]:

@@ -19,7 +19,10 @@ from ..log import logger as log
 from . import flops, machine
 from .models import ModelSpec, text_conditioning
 
-CONFIG_NAMES = ("off", "msw", "raunet", "both")
+CONFIG_NAMES = ("off", "msw", "msw-native", "raunet", "both")
+DEFAULT_CONFIGS = ("off", "msw", "raunet", "both")
+"""``msw-native`` (MSW-MSA with ``window_grid: native``) runs only when asked for."""
+WINDOWED_CONFIGS = frozenset({"msw", "msw-native", "both"})
 SCHEDULE_STEPS = 20
 """Length of the sigma schedule handed to the sampler (``sample_sigmas``); the benchmarked
 call is at its first sigma, so the length only matters for the pack's step bookkeeping."""
@@ -98,6 +101,7 @@ def patched_models(pack: dict, base: Any, spec: ModelSpec, names: list[str]) -> 
     builders: dict[str, Callable[[], Any]] = {
         "off": lambda: base,
         "msw": lambda: apply("ApplyMSWMSAAttention", base, spec.msw),
+        "msw-native": lambda: apply("ApplyMSWMSAAttention", base, spec.msw_native),
         "raunet": lambda: apply("ApplyRAUNet", base, spec.raunet),
         "both": lambda: apply("ApplyMSWMSAAttention", apply("ApplyRAUNet", base, spec.raunet), spec.msw),
     }
@@ -147,7 +151,7 @@ def measure(
     result = CallResult(name)
     device = patcher.load_device
     memory = machine.PeakMemory(device)
-    windowed = spec.msw_blocks if name in ("msw", "both") else frozenset()
+    windowed = spec.msw_blocks if name in WINDOWED_CONFIGS else frozenset()
 
     def sampler(model: Any, x: Any, sigmas: Any, extra_args: dict | None = None, **_: Any) -> Any:
         extra_args = dict(extra_args or {})
@@ -163,7 +167,7 @@ def measure(
             keep_output(model(x, sigma, **extra_args))
         if count_flops:
             progress(f"{name}: counting FLOPs")
-            recorder = flops.AttentionRecorder(windowed)
+            recorder = flops.AttentionRecorder(windowed, flops.window_grid_of(patcher))
             args = dict(extra_args, model_options=recorder.install(extra_args.get("model_options", {})))
             result.flops_by_op = flops.counted(lambda: model(x, sigma, **args), shapes_only=shapes_only)
             result.attention_expected = recorder.expected_flops()

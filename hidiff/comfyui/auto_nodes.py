@@ -19,11 +19,19 @@ from ..core.measured import SCHEDULE_NAMES
 from ..core.official import aggressive_by_default
 from ..core.plan import AutoPlan, plan_for
 from ..core.unet_map import Family
+from ..core.windows import OFFICIAL_GRID, parse_window_grid
 from ..log import logger
 from . import msw_msa, raunet
-from .model_info import in_channels_of, is_edm_eps, unet_map_of
+from .model_info import default_native_latent, in_channels_of, is_edm_eps, unet_map_of
 from .node_common import ADVANCED, CATEGORY, SEARCH_ALIASES, schema, validation_message
-from .params import ParameterError, naming_the_yaml, parse_yaml_parameters, require_bool, require_choice
+from .params import (
+    ParameterError,
+    naming_the_yaml,
+    parse_yaml_parameters,
+    require_bool,
+    require_choice,
+    require_native_resolution,
+)
 
 ADVANCED_KEYS = {
     "schedule": "measured (default: SDXL's RAD at the first Downsample, measured in the quality lab) "
@@ -33,6 +41,8 @@ ADVANCED_KEYS = {
     "aggressive": "SDXL below 4096px: RAD first, then pooling (default: true, except for inpainting UNets "
     "and Playground v2.5-style EDM models)",
     "text_to_image_controlnet": "true: the official SDXL ControlNet schedule (pooling until 50% instead of 40%)",
+    "window_grid": "MSW-MSA's grid of windows: 2x2 (the official method, default), native (no window larger "
+    "than the native token grid) or RxC",
     "verbose": "true: also log each effect's settings",
 }
 
@@ -46,16 +56,15 @@ class AutoOptions:
     turbo: bool = False
     aggressive: bool | None = None
     text_to_image_controlnet: bool = False
+    window_grid: str = OFFICIAL_GRID
     verbose: bool = False
 
 
 def parse_advanced(text: str | None) -> AutoOptions:
     """The ``advanced`` YAML, checked; errors name the key and list the valid ones."""
     values = parse_yaml_parameters(text, ADVANCED_KEYS, input_name="advanced")
-    native = values.get("native_resolution")
     with naming_the_yaml(values, input_name="advanced"):
-        if native is not None and (isinstance(native, bool) or not isinstance(native, int) or native < 64):
-            raise ParameterError(f"native_resolution must be a whole number of pixels (64 or more), got {native!r}")
+        native = require_native_resolution(values.get("native_resolution"))
         flags = {
             key: require_bool(key, values[key])
             for key in ("turbo", "aggressive", "text_to_image_controlnet", "verbose")
@@ -63,20 +72,16 @@ def parse_advanced(text: str | None) -> AutoOptions:
         }
         if "schedule" in values:
             flags["schedule"] = require_choice("schedule", values["schedule"], SCHEDULE_NAMES)
+        if "window_grid" in values:
+            flags["window_grid"] = parse_window_grid(values["window_grid"])
     return AutoOptions(native_resolution=native, **flags)
 
 
 def native_latent(model: Any, family: Family, options: AutoOptions) -> int | None:
-    """The native latent side: the user's, else 768px for SD2.x v-prediction models, else the family's."""
+    """The native latent side: the user's, else the model's (768px for SD2.x v-prediction models)."""
     if options.native_resolution is not None:
         return options.native_resolution // 8
-    if family is Family.SD15:
-        base = model.model
-        unet_config = getattr(getattr(base, "model_config", None), "unet_config", {}) or {}
-        v_prediction = getattr(getattr(base, "model_type", None), "name", "") == "V_PREDICTION"
-        if v_prediction and unet_config.get("context_dim") == 1024:
-            return 96
-    return None
+    return default_native_latent(model, family)
 
 
 def aggressive_for(model: Any, options: AutoOptions) -> bool:
@@ -118,16 +123,21 @@ def make_plan(
     return plan, options
 
 
-def apply_plan(model: Any, plan: AutoPlan, use_raunet: bool, use_msw_msa: bool, verbose: bool = False) -> Any:
+def apply_plan(
+    model: Any, plan: AutoPlan, use_raunet: bool, use_msw_msa: bool, options: AutoOptions | None = None
+) -> Any:
     """Apply the plan with the advanced nodes' own code, so it equals them set by hand."""
     patched = model
+    options = options or AutoOptions()
     if use_raunet and (plan.rad_pair or plan.pool_pair):
         inputs = plan.raunet_inputs()
-        yaml = "verbose: true" if verbose else None
+        yaml = "verbose: true" if options.verbose else None
         patched = raunet.apply_raunet(patched, raunet.build_settings(yaml, **inputs))
     if use_msw_msa and (plan.msw_input_blocks or plan.msw_output_blocks):
-        inputs = plan.msw_inputs()
-        patched = msw_msa.apply_msw_msa(patched, msw_msa.build_settings("verbose: true" if verbose else None, **inputs))
+        inputs = dict(plan.msw_inputs(), verbose=options.verbose, window_grid=options.window_grid)
+        # the native window grid follows the plan's native size (the user's, else the model's)
+        inputs["native_resolution"] = plan.native_latent * 8
+        patched = msw_msa.apply_msw_msa(patched, msw_msa.build_settings(None, **inputs))
     return patched
 
 
@@ -158,7 +168,7 @@ _ADVANCED_INPUT = io.String.Input(
     multiline=True,
     default="",
     **ADVANCED,
-    tooltip="Optional YAML: schedule, native_resolution, turbo, aggressive, text_to_image_controlnet, verbose.",
+    tooltip="Optional YAML: schedule, native_resolution, turbo, aggressive, text_to_image_controlnet, window_grid, verbose.",
 )
 
 
@@ -214,7 +224,7 @@ class ApplyHiDiffusion(io.ComfyNode):
         logger.info(f"HiDiffusion: {plan.describe()}")
         if not plan.active:
             return io.NodeOutput(model)
-        return io.NodeOutput(apply_plan(model, plan, raunet, msw_msa, options.verbose))
+        return io.NodeOutput(apply_plan(model, plan, raunet, msw_msa, options))
 
 
 class HiDiffusionInspect(io.ComfyNode):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.unet_map import UNetMap, inspect_unet
+from ..core.official import FAMILY_TRAITS
+from ..core.unet_map import Family, UNetMap, inspect_unet
 
 
 def unet_map_of(model: Any) -> UNetMap:
@@ -30,3 +31,15 @@ def in_channels_of(model: Any) -> int:
 def is_edm_eps(model: Any) -> bool:
     """Whether the model samples as an EDM epsilon model, as Playground v2.5 does in ComfyUI."""
     return getattr(getattr(model.model, "model_type", None), "name", "") == "EDM"
+
+
+def default_native_latent(model: Any, family: Family) -> int:
+    """The latent side the model was trained at: 96 (768 px) for SD2.x v-prediction models,
+    else the family's (SD1.x 64, SDXL 128)."""
+    if family is Family.SD15:
+        base = model.model
+        unet_config = getattr(getattr(base, "model_config", None), "unet_config", {}) or {}
+        v_prediction = getattr(getattr(base, "model_type", None), "name", "") == "V_PREDICTION"
+        if v_prediction and unet_config.get("context_dim") == 1024:
+            return 96
+    return FAMILY_TRAITS[family].native_latent

@@ -10,7 +10,7 @@ very same attention call as an unpatched model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,15 +20,24 @@ import torch
 from ..core.blocks import format_block_list, parse_block_list
 from ..core.schedule import TIME_MODES, SigmaRange, sigma_range
 from ..core.unet_map import UNetMap
-from ..core.windows import WindowLayout, window_layout, windowed_attention
+from ..core.windows import (
+    NATIVE_GRID,
+    OFFICIAL_GRID,
+    WindowLayout,
+    grid_of_windows,
+    parse_window_grid,
+    window_layout,
+    windowed_attention,
+)
 from ..log import logger
-from .model_info import percent_to_sigma, unet_map_of
+from .model_info import default_native_latent, percent_to_sigma, unet_map_of
 from .params import (
     ParameterError,
     naming_the_yaml,
     parse_yaml_parameters,
     require_bool,
     require_choice,
+    require_native_resolution,
     require_number,
 )
 from .patch_base import MSW_MSA, SharedPatch, effect_of
@@ -46,6 +55,10 @@ YAML_KEYS = {
     "start_time": "when windowing starts (inclusive)",
     "end_time": "when windowing ends (inclusive)",
     "shift_mode": "distinct (default: the windows move every step), independent (official i.i.d. shifts) or none",
+    "window_grid": "2x2 (the official method, default), native (windows no larger than the model's native "
+    "token grid: more windows above twice the native side) or RxC windows, e.g. 4x4",
+    "native_resolution": "the model's native size in pixels, for window_grid: native "
+    "(default: from the model: SD1.x 512, SD2.x-v 768, SDXL 1024)",
     "verbose": "true to log the window layout of each block once per run",
 }
 
@@ -62,6 +75,8 @@ class MswMsaSettings:
     end_time: float
     shift_mode: str = "distinct"
     verbose: bool = False
+    window_grid: str = OFFICIAL_GRID
+    native_resolution: int | None = None
 
     def blocks(self, kind: str) -> tuple[int, ...]:
         """The chosen blocks of one kind."""
@@ -87,6 +102,8 @@ def build_settings(yaml_parameters: str | None = None, **inputs: Any) -> MswMsaS
             end_time=require_number("end_time", values.get("end_time", 1.0)),
             shift_mode=require_choice("shift_mode", values.get("shift_mode", "distinct"), SHIFT_MODES),
             verbose=require_bool("verbose", values.get("verbose", False)),
+            window_grid=parse_window_grid(values.get("window_grid", OFFICIAL_GRID)),
+            native_resolution=require_native_resolution(values.get("native_resolution")),
         )
         # Any decreasing map keeps the order of percents, so bounds and order can be checked
         # without a model.
@@ -103,14 +120,31 @@ class MswMsaAttention(SharedPatch):
 
     hidiffusion_effect = EFFECT
 
-    def __init__(self, blocks: Iterable[tuple[str, int]], time: SigmaRange, shift_mode: str, verbose: bool) -> None:
+    def __init__(
+        self,
+        blocks: Iterable[tuple[str, int]],
+        time: SigmaRange,
+        shift_mode: str,
+        verbose: bool,
+        window_grid: str = OFFICIAL_GRID,
+        native_sides: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
         self.blocks = frozenset(blocks)
         self.time = time
         self.shift_mode = shift_mode
         self.verbose = verbose
+        self.window_grid = window_grid
+        self.native_sides = dict(native_sides or {})
 
     def __repr__(self) -> str:
-        return f"MswMsaAttention(blocks={sorted(self.blocks)}, time={self.time}, shift_mode={self.shift_mode!r})"
+        return (
+            f"MswMsaAttention(blocks={sorted(self.blocks)}, time={self.time}, shift_mode={self.shift_mode!r}, "
+            f"window_grid={self.window_grid!r})"
+        )
+
+    def grid_for(self, block: tuple[str, int], height: int, width: int) -> tuple[int, int]:
+        """Rows and columns of windows for a ``height`` x ``width`` token grid at ``block``."""
+        return grid_of_windows(self.window_grid, height, width, self.native_sides.get(block))
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -160,10 +194,11 @@ class MswMsaAttention(SharedPatch):
         else:
             shift = 0
             logger.debug("MSW-MSA on %s ran outside a sampler (no run state): shift 0", name)
-        layout = window_layout(height, width, shift)
+        rows, cols = self.grid_for(tuple(block[:2]), height, width)
+        layout = window_layout(height, width, shift, rows, cols)
         if self.verbose and state is not None:
             state.tell_once(
-                f"MSW-MSA {name}.{block_key[2]}: {height}x{width} tokens, windows "
+                f"MSW-MSA {name}.{block_key[2]}: {height}x{width} tokens, {rows}x{cols} windows of "
                 f"{layout.window_h}x{layout.window_w}, shift unit {layout.window_h // 4}x{layout.window_w // 4}",
                 level="info",
             )
@@ -191,6 +226,22 @@ def check_blocks(settings: MswMsaSettings, unet: UNetMap) -> list[tuple[str, int
             )
         targets.extend((kind, b) for b in chosen if b in valid)
     return targets
+
+
+def native_token_sides(
+    model: Any, unet: UNetMap, settings: MswMsaSettings, blocks: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """{block: side of the native token grid where its attention runs}: the native latent
+    side halved once per level (an output block's attention runs before its Upsample)."""
+    native = (
+        settings.native_resolution // 8 if settings.native_resolution else default_native_latent(model, unet.family)
+    )
+    sides = {}
+    for kind, index in blocks:
+        info = unet.blocks(kind)[index]
+        level = info.level + (1 if info.upsample else 0)
+        sides[(kind, index)] = max(1, -(-native // 2**level))
+    return sides
 
 
 def apply_msw_msa(model: Any, settings: MswMsaSettings) -> Any:
@@ -221,7 +272,8 @@ def apply_msw_msa(model: Any, settings: MswMsaSettings) -> Any:
             )
             continue
         usable.append((kind, index))
-    patch = MswMsaAttention(usable, time, settings.shift_mode, settings.verbose)
+    native_sides = native_token_sides(model, unet, settings, usable) if settings.window_grid == NATIVE_GRID else None
+    patch = MswMsaAttention(usable, time, settings.shift_mode, settings.verbose, settings.window_grid, native_sides)
     for kind, index in usable:
         patched.set_model_attn1_replace(patch, kind, index)
     install_run_state(patched, EFFECT)

@@ -79,3 +79,10 @@ def require_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ParameterError(f"{name} must be true or false, got {value!r}")
     return value
+
+
+def require_native_resolution(value: Any) -> int | None:
+    """A native size in pixels (a whole number, 64 or more), or None for the model's own."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 64):
+        raise ParameterError(f"native_resolution must be a whole number of pixels (64 or more), got {value!r}")
+    return value

@@ -1,18 +1,22 @@
-"""MSW-MSA: self-attention inside 2x2 shifted windows, exact at every map size.
+"""MSW-MSA: self-attention inside shifted windows, exact at every map size.
 
 HiDiffusion splits the token grid of a high-resolution self-attention layer into a 2x2
 grid of windows of ceil(H/2) x ceil(W/2) tokens and attends only inside each window,
 cutting the attention cost about 4x. Before splitting, the grid is rolled cyclically by
 (window // 4) * k tokens, k in {0, 1, 2, 3}, so window borders move between steps.
+Any R x C grid of windows works the same way (windows of ceil(H/R) x ceil(W/C) tokens);
+2x2 is the official method and the default.
 
 The official code resamples odd-sized maps to an even size and back, which blurs the
-features. Here an odd side simply gives two windows of different sizes (ceil and floor);
-windows of equal shape are batched together, so the result is exact at every size.
+features. Here a side that does not divide simply gives a last window of a different size;
+windows of equal shape are batched together (at most four shapes), so the result is exact
+at every size.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,54 +31,110 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class WindowLayout:
-    """Where the 2x2 windows lie on an H x W token grid, and how far it is rolled.
+    """Where the windows lie on an H x W token grid, and how far it is rolled.
 
     Args:
         height: rows of the token grid.
         width: columns of the token grid.
         shift_h: cyclic roll applied to the rows before splitting.
         shift_w: cyclic roll applied to the columns before splitting.
+        rows: windows down the grid (2 in the official method).
+        cols: windows across the grid (2 in the official method).
     """
 
     height: int
     width: int
     shift_h: int = 0
     shift_w: int = 0
+    rows: int = 2
+    cols: int = 2
 
     @property
     def window_h(self) -> int:
-        """Rows of the first window row: ceil(H / 2)."""
-        return -(-self.height // 2)
+        """Rows of every window but the last of a column: ceil(H / rows)."""
+        return -(-self.height // self.rows)
 
     @property
     def window_w(self) -> int:
-        """Columns of the first window column: ceil(W / 2)."""
-        return -(-self.width // 2)
+        """Columns of every window but the last of a row: ceil(W / cols)."""
+        return -(-self.width // self.cols)
 
     def window_slices(self) -> list[tuple[slice, slice]]:
-        """Row and column slices of the four windows, in row-major window order."""
-        rows = (slice(0, self.window_h), slice(self.window_h, self.height))
-        cols = (slice(0, self.window_w), slice(self.window_w, self.width))
-        return [(r, c) for r in rows for c in cols if _length(r) and _length(c)]
+        """Row and column slices of the windows, in row-major window order (a side that
+        ceil-divides into fewer pieces than asked gives fewer windows, none empty)."""
+        rows = _pieces(self.height, self.window_h)
+        cols = _pieces(self.width, self.window_w)
+        return [(r, c) for r in rows for c in cols]
+
+
+def _pieces(size: int, piece: int) -> list[slice]:
+    return [slice(start, min(start + piece, size)) for start in range(0, size, piece)]
 
 
 def _length(s: slice) -> int:
     return s.stop - s.start
 
 
-def window_layout(height: int, width: int, shift_index: int = 0) -> WindowLayout:
-    """The layout for a grid with shift k = ``shift_index``: (window // 4) * k per side."""
+def window_layout(height: int, width: int, shift_index: int = 0, rows: int = 2, cols: int = 2) -> WindowLayout:
+    """The layout for a grid of ``rows`` x ``cols`` windows with shift k = ``shift_index``:
+    (window // 4) * k per side."""
     if height < 1 or width < 1:
         raise ValueError(f"token grid must be at least 1x1, got {height}x{width}")
     if not 0 <= shift_index < SHIFT_CHOICES:
         raise ValueError(f"shift_index must be in 0..{SHIFT_CHOICES - 1}, got {shift_index}")
-    base = WindowLayout(height, width)
+    if rows < 1 or cols < 1:
+        raise ValueError(f"a window grid needs at least 1x1 windows, got {rows}x{cols}")
+    base = WindowLayout(height, width, rows=rows, cols=cols)
     return WindowLayout(
         height,
         width,
         (base.window_h // 4) * shift_index,
         (base.window_w // 4) * shift_index,
+        rows,
+        cols,
     )
+
+
+OFFICIAL_GRID = "2x2"
+"""The official method's grid of windows, the default."""
+NATIVE_GRID = "native"
+"""Windows no larger than the native token grid (:func:`native_window_grid`)."""
+_GRID_TEXT = re.compile(r"(\d{1,2})\s*x\s*(\d{1,2})")
+
+
+def parse_window_grid(value: object) -> str:
+    """A ``window_grid`` setting, checked and normalised: ``2x2``, ``native`` or ``RxC``
+    (1 to 64 windows a side, not 1x1). Raises ValueError naming the setting."""
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if text == NATIVE_GRID:
+        return text
+    match = _GRID_TEXT.fullmatch(text)
+    rows, cols = (int(match[1]), int(match[2])) if match else (0, 0)
+    if not (1 <= rows <= 64 and 1 <= cols <= 64) or (rows, cols) == (1, 1):
+        raise ValueError(
+            f"window_grid must be {OFFICIAL_GRID} (the official method), {NATIVE_GRID}, or RxC windows such as "
+            f"4x4 (1 to 64 a side, not 1x1), got {value!r}"
+        )
+    return f"{rows}x{cols}"
+
+
+def grid_of_windows(window_grid: str, height: int, width: int, native_side: int | None = None) -> tuple[int, int]:
+    """Rows and columns of windows of a checked ``window_grid`` on a ``height`` x ``width``
+    token grid; ``native`` needs the side of the native token grid where the layer runs."""
+    if window_grid == NATIVE_GRID:
+        if native_side is None:
+            raise ValueError("window_grid native needs the native token grid of the layer")
+        return native_window_grid(height, width, native_side)
+    rows, cols = window_grid.split("x")
+    return int(rows), int(cols)
+
+
+def native_window_grid(height: int, width: int, native_side: int) -> tuple[int, int]:
+    """Rows and columns of windows no larger than the native token grid: ceil(side /
+    native side) per side, at least 2x2 (never fewer windows than the official method)."""
+    if native_side < 1:
+        raise ValueError(f"the native token grid must be at least 1 token wide, got {native_side}")
+    return max(2, -(-height // native_side)), max(2, -(-width // native_side))
 
 
 @functools.lru_cache(maxsize=64)

@@ -28,7 +28,7 @@ from diffusers.hooks import ModelHook
 from torch import nn
 
 from ..core.raunet import ca_downscale, resize, resolution_aware_downsample
-from ..core.windows import partition, reverse, window_layout
+from ..core.windows import grid_of_windows, parse_window_grid, partition, reverse, window_layout
 from .state import CallState
 
 CONTROLNET_RESIZE = "bicubic"
@@ -186,7 +186,8 @@ class GridHook(ModelHook):
 
 
 class WindowAttentionHook(ModelHook):
-    """MSW-MSA on an attn1: self-attention inside the 2x2 shifted windows of the grid.
+    """MSW-MSA on an attn1: self-attention inside the shifted windows of the grid (2x2, or
+    the ``window_grid`` option's).
 
     attn1 is a self-attention whose projections act token by token, so windowing its
     input and running the unchanged module once per group of equally shaped windows (one
@@ -194,9 +195,12 @@ class WindowAttentionHook(ModelHook):
     processor, LoRA layers and attention backend stay whatever they are.
     """
 
-    def __init__(self, slot: StateSlot, grid_name: str, index: int) -> None:
+    def __init__(
+        self, slot: StateSlot, grid_name: str, index: int, window_grid: str = "2x2", native_side: int | None = None
+    ) -> None:
         super().__init__()
         self.slot, self.grid_name, self.index = slot, grid_name, index
+        self.window_grid, self.native_side = parse_window_grid(window_grid), native_side
 
     def new_forward(self, module: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         original = self.fn_ref.original_forward
@@ -212,6 +216,7 @@ class WindowAttentionHook(ModelHook):
         )
         if plain:
             return original(hidden_states, *args, **kwargs)
-        layout = window_layout(grid[0], grid[1], state.shifts[self.index])
+        rows, cols = grid_of_windows(self.window_grid, grid[0], grid[1], self.native_side)
+        layout = window_layout(grid[0], grid[1], state.shifts[self.index], rows, cols)
         groups = partition(hidden_states, layout)
         return reverse([(ids, original(windows, **kwargs)) for ids, windows in groups], layout)

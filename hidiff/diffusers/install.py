@@ -134,6 +134,7 @@ class Installation:
     def _attach_window_hooks(self) -> None:
         """MSW-MSA on attn1 of every transformer block at the finest attention level."""
         level = self.layout.attention_level
+        native_side = max(1, -(-self.native_latent // 2**level))  # the native token grid at that level
         blocks = {
             f"down_blocks.{level}": self.unet.down_blocks[level],
             f"up_blocks.{self.layout.mirror(level)}": self.unet.up_blocks[self.layout.mirror(level)],
@@ -143,7 +144,9 @@ class Installation:
                 grid_name = f"{block_name}.attentions.{a}"
                 self._hook(transformer, "grid", GridHook(self.slot, grid_name))
                 for transformer_block in self_attention_blocks(transformer):
-                    hook = WindowAttentionHook(self.slot, grid_name, self.window_count)
+                    hook = WindowAttentionHook(
+                        self.slot, grid_name, self.window_count, self.options.window_grid, native_side
+                    )
                     self._hook(transformer_block.attn1, "window", hook)
                     self.window_count += 1
 

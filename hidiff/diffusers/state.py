@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ..core.windows import OFFICIAL_GRID, parse_window_grid
+
 
 @dataclass(frozen=True)
 class HiDiffusionOptions:
@@ -33,6 +35,9 @@ class HiDiffusionOptions:
         text_to_image_controlnet: the official SDXL text-to-image ControlNet schedule
             (pooling until 50 % instead of 40 %). None (default): true for a ControlNet
             pipeline whose ``__call__`` has no ``control_image`` (the text-to-image ones).
+        window_grid: MSW-MSA's grid of windows: ``"2x2"`` (the official method, default),
+            ``"native"`` (ceil(token grid / native token grid) windows a side, at least 2x2,
+            so no window is larger than the grid the model was trained on) or ``"RxC"``.
         window_seed: seed of the MSW-MSA window shifts. Each UNet call draws its shifts
             from a private generator seeded with this and the call's step index, so the
             shifts repeat exactly for the same run and never touch the global RNG.
@@ -47,6 +52,7 @@ class HiDiffusionOptions:
     turbo: bool = False
     aggressive: bool | None = None
     text_to_image_controlnet: bool | None = None
+    window_grid: str = OFFICIAL_GRID
     window_seed: int = 0
     scheduler: Any = None
 
@@ -71,6 +77,7 @@ class HiDiffusionOptions:
             raise TypeError(f"native_resolution must be a whole number of pixels, got {self.native_resolution!r}")
         if self.native_resolution is not None and self.native_resolution < 64:
             raise ValueError(f"native_resolution must be at least 64 pixels, got {self.native_resolution}")
+        parse_window_grid(self.window_grid)
         if isinstance(self.window_seed, bool) or not isinstance(self.window_seed, int):
             raise TypeError(f"window_seed must be an integer, got {self.window_seed!r}")
         if self.scheduler is not None and not hasattr(self.scheduler, "timesteps"):

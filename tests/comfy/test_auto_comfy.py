@@ -239,3 +239,27 @@ def test_inspect_flop_estimate_agrees_with_a_counted_call(pack):
     assert abs(estimate / counter.get_total_flops() - 1) < 0.1
     report = pack["HiDiffusionInspect"].execute(model=model, width=2048, height=2048).result[0]
     assert "estimated FLOPs per call (RAD + pool, with MSW-MSA)" in report and "fewer than unpatched" in report
+
+
+@pytest.mark.parametrize(
+    ("advanced", "grid", "side"),
+    [
+        (None, "2x2", None),
+        ("window_grid: native", "native", 64),
+        ("window_grid: native\nnative_resolution: 1024", "native", 128),
+        ("window_grid: 4X3", "4x3", None),
+    ],
+)
+def test_the_window_grid_reaches_msw_msa_with_the_plans_native_size(pack, advanced, grid, side):
+    patched = auto(pack, tiny_model("sd15"), 2048, 2048, advanced)
+    patches = {p for p in replaces_of(patched).values() if type(p).__name__ == "MswMsaAttention"}
+    assert len(patches) == 1
+    patch = patches.pop()
+    assert patch.window_grid == grid
+    if side is not None:
+        assert set(patch.native_sides.values()) == {side}  # the windowed blocks are all on level 0
+
+
+def test_a_bad_window_grid_in_advanced_is_refused_naming_it(pack):
+    with pytest.raises(ValueError, match="advanced: window_grid must be 2x2"):
+        auto(pack, tiny_model("sd15"), 2048, 2048, "window_grid: tiles")

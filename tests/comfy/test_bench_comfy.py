@@ -22,6 +22,7 @@ TINY = {
         models.SD15,
         title="tiny SD1.5",
         unet=dict(models.SD15_UNET, model_channels=32, context_dim=64),
+        native_resolution=128,  # a 16-token native grid: msw-native uses 2x3 windows on the 25x37 latent
     ),
     "sdxl": replace(
         models.SDXL,
@@ -35,6 +36,7 @@ TINY = {
             transformer_depth_middle=1,
             transformer_depth_output=[0, 0, 0, 2, 2, 2, 1, 1, 1],
         ),
+        native_resolution=64,  # a 4-token native grid at level 1: 7x5 windows on its 25x17 grid
     ),
 }
 SIZES = {"sd15": (296, 200), "sdxl": (264, 392)}
@@ -100,9 +102,12 @@ def test_counted_attention_equals_the_hand_count_and_the_patches_acted(counts, f
         assert row.flops_of("attention") == row.attention_expected > 0
         assert row.seconds and row.seconds[0] > 0 and row.peak_memory_bytes > 0
     assert any(g["windowed"] for g in rows["msw"].grids) and not any(g["windowed"] for g in rows["off"].grids)
+    # more, smaller windows than 2x2: less attention, the same grids
+    assert rows["msw-native"].grids == rows["msw"].grids
+    assert rows["msw-native"].flops_of("attention") < rows["msw"].flops_of("attention")
     assert rows["raunet"].grids != rows["off"].grids
     assert rows["off"].rel_diff_vs_off == 0.0
-    for name in ("msw", "raunet", "both"):
+    for name in ("msw", "msw-native", "raunet", "both"):
         assert rows[name].rel_diff_vs_off > 0.0
 
 
@@ -127,7 +132,7 @@ def test_the_command_runs_end_to_end_and_writes_its_report(pack, monkeypatch, tm
     assert "tiny SDXL" in text and "= hand count" in text and "Whole run: 192x256 px, 4 steps" in text
     document = json.loads(report.read_text())
     rows = {row["name"]: row for row in document["unet_call"]}
-    assert set(rows) == set(unet_call.CONFIG_NAMES) and all(row["available"] for row in rows.values())
+    assert set(rows) == set(unet_call.DEFAULT_CONFIGS) and all(row["available"] for row in rows.values())
     assert rows["both"]["flop_ratio_vs_off"] > 1.0 and rows["both"]["attention_matches_hand_count"] is True
     assert document["device_type"] == "cpu" and document["latent"] == [32, 32]
     # on a CPU ComfyUI never starts dynamic VRAM: the legacy loader, named with the version

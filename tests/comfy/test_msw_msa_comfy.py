@@ -287,6 +287,13 @@ BAD_INPUTS = [
         "shift_mode = 'sometimes' is not valid; use one of distinct, independent, none",
     ),
     ({"yaml_parameters": "input_blocks: [1, a]"}, "input_blocks = [1, 'a'] contains 'a'"),
+    (
+        {"yaml_parameters": "window_grid: 1x1"},
+        "yaml_parameters: window_grid must be 2x2 (the official method), native, or RxC windows such as 4x4",
+    ),
+    ({"yaml_parameters": "window_grid: 3"}, "got 3"),
+    ({"yaml_parameters": "window_grid: 65x2"}, "1 to 64 a side"),
+    ({"yaml_parameters": "native_resolution: 10"}, "native_resolution must be a whole number of pixels"),
 ]
 
 

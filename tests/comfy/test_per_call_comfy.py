@@ -134,25 +134,31 @@ class WindowCall:
     margin: float
 
 
-def window_candidates(q, k, v, grid: tuple[int, int], heads: int) -> dict[str, torch.Tensor]:
-    """Whole-grid attention and the naive windowed attention at each distinct shift."""
+def window_candidates(
+    q, k, v, grid: tuple[int, int], heads: int, window_grids: tuple = ((2, 2),)
+) -> dict[str, torch.Tensor]:
+    """Whole-grid attention and the naive windowed attention at each distinct shift of each
+    window grid (labelled "shift k" for the official 2x2, "RxC shift k" otherwise)."""
     height, width = grid
     candidates = {
         "whole grid": torch.cat(
             [plain_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], heads) for i in range(q.shape[0])]
         )
     }
-    rolls = set()
-    for shift in range(4):
-        roll = ((math.ceil(height / 2) // 4) * shift, (math.ceil(width / 2) // 4) * shift)
-        if roll not in rolls:
-            rolls.add(roll)
-            candidates[f"shift {shift}"] = naive_windowed(q, k, v, height, width, shift, heads=heads)
+    for rows, cols in window_grids:
+        rolls = set()
+        for shift in range(4):
+            roll = ((math.ceil(height / rows) // 4) * shift, (math.ceil(width / cols) // 4) * shift)
+            if roll not in rolls:
+                rolls.add(roll)
+                label = f"shift {shift}" if (rows, cols) == (2, 2) else f"{rows}x{cols} shift {shift}"
+                candidates[label] = naive_windowed(q, k, v, height, width, shift, heads=heads, rows=rows, cols=cols)
     return candidates
 
 
-def checking_windows(patched, views) -> tuple[object, list[WindowCall]]:
-    """A clone whose MSW-MSA patches are each compared with every candidate on every call."""
+def checking_windows(patched, views, expected_grid=None) -> tuple[object, list[WindowCall]]:
+    """A clone whose MSW-MSA patches are each compared with every candidate on every call;
+    ``expected_grid(height, width)`` adds the window grid the test expects to the 2x2 one."""
     calls: list[WindowCall] = []
     clone = patched.clone()
     for key, patch in list(replaces_of(patched).items()):
@@ -162,9 +168,10 @@ def checking_windows(patched, views) -> tuple[object, list[WindowCall]]:
             block = tuple(extra_options["block"][:2])
             view = views[block]
             assert q.shape[1] == view.grid[0] * view.grid[1], (block, q.shape, view.grid)
+            grids = ((2, 2),) if expected_grid is None else ((2, 2), expected_grid(*view.grid))
             errors = {
                 name: (out - ref).abs().max().item()
-                for name, ref in window_candidates(q, k, v, view.grid, view.heads).items()
+                for name, ref in window_candidates(q, k, v, view.grid, view.heads, tuple(dict.fromkeys(grids))).items()
             }
             match = min(errors, key=errors.get)
             calls.append(
@@ -193,9 +200,11 @@ def assert_exact_and_decisive(calls: list) -> None:
     assert closest.margin >= MARGIN, closest
 
 
-def run_windows(patched, base, family: str, height: int, width: int, steps: int, **kwargs) -> list[WindowCall]:
+def run_windows(
+    patched, base, family: str, height: int, width: int, steps: int, expected_grid=None, **kwargs
+) -> list[WindowCall]:
     with transformer_inputs(base) as views:
-        checked, calls = checking_windows(patched, views)
+        checked, calls = checking_windows(patched, views, expected_grid)
         sample(checked, family, height, width, steps=steps, **kwargs)
     return calls
 
@@ -265,6 +274,30 @@ def test_under_raunet_windows_follow_the_shrunk_maps(pack):
     assert grids[("input", 4)] == {(8, 12), (15, 23)}  # RAD active, then stock
     assert grids[("input", 5)] == {(4, 6), (8, 12), (15, 23)}  # RAD and CA, RAD alone, stock
     assert grids[("input", 1)] == {(29, 45)}
+
+
+@pytest.mark.parametrize(
+    ("family", "yaml", "expected"),
+    [
+        ("sd15", "window_grid: 3x4", {(29, 45): (3, 4)}),
+        # native 128 px: a 16-token grid at level 0, 8 at level 1, 4 at level 2
+        ("sd15", "window_grid: native\nnative_resolution: 128", {(29, 45): (2, 3)}),
+        ("sdxl", "window_grid: native\nnative_resolution: 128", {(15, 23): (2, 3), (8, 12): (2, 3)}),
+        ("sdxl", "window_grid: native\nnative_resolution: 64", {(15, 23): (4, 6), (8, 12): (4, 6)}),
+    ],
+)
+def test_other_window_grids_are_the_naive_reference_of_that_grid(pack, family, yaml, expected):
+    """``window_grid`` RxC and native: each call equals naive windowed attention on the grid
+    of windows the test expects for its token grid, and is far from the official 2x2."""
+    base = sharp_attention_model(family)
+    inputs = dict(zip(("input_blocks", "output_blocks"), WINDOWED[family]))
+    patched = apply_msw(pack, base, inputs, yaml_parameters=yaml)
+    calls = run_windows(patched, base, family, 29, 45, 3, expected_grid=lambda h, w: expected[(h, w)], seed=4)
+    assert_exact_and_decisive(calls)
+    for call in calls:
+        rows, cols = expected[call.grid]
+        assert call.match.startswith(f"{rows}x{cols} shift "), call
+    assert {c.grid for c in calls} == set(expected)
 
 
 # --- CA downscale and restore -----------------------------------------------------------

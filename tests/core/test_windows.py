@@ -10,6 +10,7 @@ from hidiff.core.windows import (
     SHIFT_CHOICES,
     distinct_shift_sequence,
     independent_shift_sequence,
+    native_window_grid,
     partition,
     reverse,
     window_layout,
@@ -28,6 +29,57 @@ def test_windowed_attention_equals_naive_reference(height, width, shift_index):
     result = windowed_attention(q, k, v, layout, plain_attention)
     expected = naive_windowed(q, k, v, height, width, shift_index)
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
+
+
+GRIDS = [(3, 3), (4, 2), (1, 3), (5, 7), (4, 4)]
+
+
+@pytest.mark.parametrize(("height", "width"), [(37, 53), (64, 48), (9, 23), (5, 1)])
+@pytest.mark.parametrize(("rows", "cols"), GRIDS)
+@pytest.mark.parametrize("shift_index", [0, 3])
+def test_any_window_grid_equals_the_naive_reference(height, width, rows, cols, shift_index):
+    generator = torch.Generator().manual_seed(height * 31 + width + rows * 7 + cols + shift_index)
+    q, k, v = (torch.randn(2, height * width, 8, generator=generator) * 3 for _ in range(3))
+    layout = window_layout(height, width, shift_index, rows, cols)
+    result = windowed_attention(q, k, v, layout, plain_attention)
+    expected = naive_windowed(q, k, v, height, width, shift_index, rows=rows, cols=cols)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
+    if (rows, cols) != (2, 2) and height * width > 10:
+        official = naive_windowed(q, k, v, height, width, shift_index)
+        assert (expected - official).abs().max() > 1e-2  # the grid matters: the reference is decisive
+
+
+@pytest.mark.parametrize(("height", "width", "rows", "cols"), [(37, 53, 3, 4), (64, 48, 4, 4), (130, 70, 5, 3)])
+def test_a_window_grid_costs_one_call_per_window_shape(height, width, rows, cols):
+    calls = []
+
+    def counting(q, k, v):
+        calls.append(tuple(q.shape))
+        return plain_attention(q, k, v)
+
+    q = torch.randn(1, height * width, 4)
+    layout = window_layout(height, width, 1, rows, cols)
+    windowed_attention(q, q, q, layout, counting)
+    shapes = {(_len(r), _len(c)) for r, c in layout.window_slices()}
+    assert len(calls) == len(shapes) <= 4
+    assert sum(shape[0] * shape[1] for shape in calls) == height * width  # (batch x windows) x tokens
+    assert sorted(b for b, *_ in calls) == sorted(
+        sum(1 for r, c in layout.window_slices() if (_len(r), _len(c)) == shape) for shape in shapes
+    )
+
+
+def _len(s: slice) -> int:
+    return s.stop - s.start
+
+
+def test_native_window_grid_keeps_windows_within_the_native_grid():
+    assert native_window_grid(64, 64, 64) == (2, 2)  # at native size: the official 2x2
+    assert native_window_grid(128, 128, 64) == (2, 2)  # 2x: each window is the native grid
+    assert native_window_grid(256, 256, 64) == (4, 4)  # 4x (SD1.5 at 2048 px): 64x64 windows
+    assert native_window_grid(192, 130, 64) == (3, 3)  # 3x and uneven
+    assert native_window_grid(97, 300, 32) == (4, 10)
+    with pytest.raises(ValueError, match="at least 1 token"):
+        native_window_grid(8, 8, 0)
 
 
 @pytest.mark.parametrize(("height", "width"), SIZES)
@@ -69,7 +121,7 @@ def test_layout_follows_method_formulas():
     assert (odd.window_h, odd.window_w, odd.shift_h, odd.shift_w) == (63, 94, 15, 23)
 
 
-@pytest.mark.parametrize("bad", [(0, 4, 0), (4, 4, 4), (4, 4, -1)])
+@pytest.mark.parametrize("bad", [(0, 4, 0), (4, 4, 4), (4, 4, -1), (4, 4, 0, 0, 2)])
 def test_layout_rejects_bad_arguments(bad):
     with pytest.raises(ValueError):
         window_layout(*bad)

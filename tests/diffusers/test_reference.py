@@ -237,3 +237,45 @@ def test_window_attention_equals_naive_reference(helpers, size):
         expected = attn.to_out[0](naive_windowed(q, k, v, size[0], size[1], shift, heads=attn.heads))
     torch.testing.assert_close(captured["y"], expected, rtol=1e-5, atol=1e-5)
     assert math.prod(size) == x.shape[1]
+
+
+@pytest.mark.parametrize(
+    ("options", "size", "grid"),
+    [
+        ({"window_grid": "3x4"}, (25, 37), (3, 4)),
+        ({"window_grid": "native", "native_resolution": 64}, (32, 32), (4, 4)),  # an 8-token native grid
+        ({"window_grid": "native", "native_resolution": 64}, (25, 37), (4, 5)),
+    ],
+)
+def test_other_window_grids_equal_the_naive_reference_of_that_grid(helpers, options, size, grid):
+    """``window_grid`` RxC and native on the layer's own projections: naive windowed attention
+    on the expected grid of windows, far from the official 2x2."""
+    unet = helpers.sd_unet()
+    attn = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
+    captured = {}
+
+    def capture(module, args, output):
+        captured["x"], captured["y"] = args[0], output
+
+    handle = attn.register_forward_hook(capture)
+    scheduler = schedule(helpers, 4)
+    inputs = unet_inputs(helpers, "sd", *size)
+    sample = inputs.pop("sample")
+    apply_hidiffusion(unet, scheduler=scheduler, window_seed=3, gate_native=False, **options)
+    call(unet, sample, scheduler.timesteps[1], **inputs)
+    remove_hidiffusion(unet)
+    handle.remove()
+    shift = shift_indices(3, 1, count=5)[0]
+    x = captured["x"]
+    with torch.no_grad():
+        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        expected = naive_windowed(q, k, v, size[0], size[1], shift, heads=attn.heads, rows=grid[0], cols=grid[1])
+        official = naive_windowed(q, k, v, size[0], size[1], shift, heads=attn.heads)
+        expected, official = attn.to_out[0](expected), attn.to_out[0](official)
+    torch.testing.assert_close(captured["y"], expected, rtol=1e-5, atol=1e-5)
+    assert (expected - official).abs().max() >= 1e-4  # ten times the tolerance: the grid is seen
+
+
+def test_a_bad_window_grid_is_refused_naming_the_option(helpers):
+    with pytest.raises(ValueError, match="window_grid must be 2x2 .* got '2x'"):
+        apply_hidiffusion(helpers.sd_unet(), window_grid="2x")

@@ -65,7 +65,9 @@ def test_bad_sizes_name_the_expected_form(text):
 
 def test_configs_run_in_canonical_order_and_unknown_ones_are_named():
     assert cli.parse_configs("both,off") == ["off", "both"]
-    with pytest.raises(argparse.ArgumentTypeError, match="choose from off,msw,raunet,both"):
+    assert cli.parse_configs("msw-native,off,msw") == ["off", "msw", "msw-native"]
+    assert cli.build_parser().parse_args([]).configs == ["off", "msw", "raunet", "both"]  # msw-native on request
+    with pytest.raises(argparse.ArgumentTypeError, match="choose from off,msw,msw-native,raunet,both"):
         cli.parse_configs("off,fast")
 
 

@@ -25,24 +25,10 @@ from harness import (
     tiny_controlnet,
     tiny_model,
 )
+from node_settings import RAUNET_SD15
 
-RAD_BICUBIC = {
-    "input_blocks": "3",
-    "output_blocks": "8",
-    "time_mode": "percent",
-    "start_time": 0.0,
-    "end_time": 0.6,
-    "upscale_mode": "bicubic",
-    "ca_start_time": 1.0,
-    "ca_end_time": 1.0,
-    "ca_input_blocks": "",
-    "ca_output_blocks": "",
-    "ca_upscale_mode": "bicubic",
-    "ca_downscale_mode": "avg_pool2d",
-    "ca_downscale_factor": 2.0,
-    "two_stage_upscale_mode": "disabled",
-}
-WITH_CA = {**RAD_BICUBIC, "ca_start_time": 0.0, "ca_end_time": 0.4, "ca_input_blocks": "4", "ca_output_blocks": "8"}
+RAD_BICUBIC = dict(RAUNET_SD15, ca_start_time=1.0, ca_end_time=1.0, ca_input_blocks="", ca_output_blocks="")
+WITH_CA = dict(RAUNET_SD15)  # RAD 3/8 to 60 %, CA 4/8 to 40 %
 
 
 def raunet(pack, model, **overrides):

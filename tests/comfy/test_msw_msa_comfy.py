@@ -300,16 +300,7 @@ BAD_INPUTS = [
 def validation_errors(widgets: dict) -> list[str]:
     import execution
 
-    inputs = {
-        "model": ["1", 0],
-        "input_blocks": "1,2",
-        "middle_blocks": "",
-        "output_blocks": "9,10,11",
-        "time_mode": "percent",
-        "start_time": 0.0,
-        "end_time": 1.0,
-        **widgets,
-    }
+    inputs = {"model": ["1", 0], **MSW_SD15, **widgets}
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "none.safetensors"}},
         "2": {"class_type": "ApplyMSWMSAAttention", "inputs": inputs},
@@ -322,8 +313,7 @@ def validation_errors(widgets: dict) -> list[str]:
 def test_bad_input_is_a_validation_error_and_an_execute_error(pack, widgets, message):
     errors = validation_errors(widgets)
     assert errors and all(message in e for e in errors), errors
-    values = {"input_blocks": "1,2", "middle_blocks": "", "output_blocks": "9,10,11", "time_mode": "percent"}
-    values |= {"start_time": 0.0, "end_time": 1.0} | widgets
+    values = MSW_SD15 | widgets
     with pytest.raises(ValueError) as info:
         pack["ApplyMSWMSAAttention"].execute(model=tiny_model("sd15"), **values)
     assert message in str(info.value)

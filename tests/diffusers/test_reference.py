@@ -210,11 +210,9 @@ def _skip_sizes(unet, sample, timestep, inputs):
 # -------------------------------------------------------------------------------- MSW-MSA
 
 
-@pytest.mark.parametrize("size", [(32, 32), (25, 37)])
-def test_window_attention_equals_naive_reference(helpers, size):
-    """attn1 of down_blocks.0.attentions.0 under MSW-MSA equals softmax attention inside
-    each 2x2 shifted window (tests/reference.py), on the layer's own projections; odd
-    grids are exact (windows of ceil and floor size), not resampled."""
+def windowed_first_attention(helpers, size, **options):
+    """attn1 of down_blocks.0.attentions.0, its input and output in one call of a windowed
+    UNet (window_seed 3, step 1), and the shift index that call drew."""
     unet = helpers.sd_unet()
     attn = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
     captured = {}
@@ -226,12 +224,20 @@ def test_window_attention_equals_naive_reference(helpers, size):
     scheduler = schedule(helpers, 4)
     inputs = unet_inputs(helpers, "sd", *size)
     sample = inputs.pop("sample")
-    apply_hidiffusion(unet, scheduler=scheduler, window_seed=3)
+    apply_hidiffusion(unet, scheduler=scheduler, window_seed=3, **options)
     call(unet, sample, scheduler.timesteps[1], **inputs)
     remove_hidiffusion(unet)
     handle.remove()
-    shift = shift_indices(3, 1, count=5)[0]
-    x = captured["x"]
+    return attn, captured["x"], captured["y"], shift_indices(3, 1, count=5)[0]
+
+
+@pytest.mark.parametrize("size", [(32, 32), (25, 37)])
+def test_window_attention_equals_naive_reference(helpers, size):
+    """attn1 of down_blocks.0.attentions.0 under MSW-MSA equals softmax attention inside
+    each 2x2 shifted window (tests/reference.py), on the layer's own projections; odd
+    grids are exact (windows of ceil and floor size), not resampled."""
+    attn, x, y, shift = windowed_first_attention(helpers, size)
+    captured = {"y": y}
     with torch.no_grad():
         q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
         expected = attn.to_out[0](naive_windowed(q, k, v, size[0], size[1], shift, heads=attn.heads))
@@ -250,23 +256,8 @@ def test_window_attention_equals_naive_reference(helpers, size):
 def test_other_window_grids_equal_the_naive_reference_of_that_grid(helpers, options, size, grid):
     """``window_grid`` RxC and native on the layer's own projections: naive windowed attention
     on the expected grid of windows, far from the official 2x2."""
-    unet = helpers.sd_unet()
-    attn = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
-    captured = {}
-
-    def capture(module, args, output):
-        captured["x"], captured["y"] = args[0], output
-
-    handle = attn.register_forward_hook(capture)
-    scheduler = schedule(helpers, 4)
-    inputs = unet_inputs(helpers, "sd", *size)
-    sample = inputs.pop("sample")
-    apply_hidiffusion(unet, scheduler=scheduler, window_seed=3, gate_native=False, **options)
-    call(unet, sample, scheduler.timesteps[1], **inputs)
-    remove_hidiffusion(unet)
-    handle.remove()
-    shift = shift_indices(3, 1, count=5)[0]
-    x = captured["x"]
+    attn, x, y, shift = windowed_first_attention(helpers, size, gate_native=False, **options)
+    captured = {"y": y}
     with torch.no_grad():
         q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
         expected = naive_windowed(q, k, v, size[0], size[1], shift, heads=attn.heads, rows=grid[0], cols=grid[1])

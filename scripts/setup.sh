@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the tests and benchmarks need, on a machine that has only Python 3.10+:
 #   torch, a ComfyUI release at $COMFYUI_PATH (default ~/comfy/ComfyUI), that release's
-#   Python requirements, diffusers + peft, and this pack's pinned test tools.
+#   Python requirements, diffusers + peft, this pack's pinned test tools, and the third-party
+#   packs the compatibility tests run with (ComfyUI-bleh, FreeU_Advanced, restart sampling).
 # COMFYUI_VERSION picks the release laid out when $COMFYUI_PATH has none yet: 0.3.64 (the
 # oldest supported, default) or 0.33.0 (the newest tested). A tree that is already there is
 # used as it is (its version is printed).
@@ -102,4 +103,36 @@ then
   say "installing test tools: ${TEST_TOOLS[*]}"
   "$PYTHON" -m pip install --quiet -c "$TORCH_PIN" "${TEST_TOOLS[@]}"
 fi
+# Third-party packs the compatibility tests run with, at the commits the tests were written
+# against, from snapshots of their public repositories ($HIDIFF_MIRROR, where this project's
+# `fetch` tool puts them: <owner>+<name>/repo, a bare git directory). They go to
+# $HIDIFF_THIRD_PARTY, outside ComfyUI's custom_nodes, so only the tests that ask for them
+# load them. Their code is never part of this repository.
+HIDIFF_MIRROR="${HIDIFF_MIRROR:-/work/.mirror}"
+THIRD_PARTY="${HIDIFF_THIRD_PARTY:-$HOME/comfy/third_party}"
+# <repository> <commit> [<folder>]: bleh's newest commit needs a ComfyUI newer than 0.3.64,
+# so 0.3.64 runs its last commit of September 2025, as its users would.
+THIRD_PARTY_PACKS=(
+  "blepping/ComfyUI-bleh b889683c425f0870a6192606438fecb7a5bda8b9"
+  "blepping/ComfyUI-bleh 9bb5c7d3dfe6ad825cc6fdac1a62bdcd4ad1d39f ComfyUI-bleh-2025.09"
+  "WASasquatch/FreeU_Advanced cf3714d80ced1636d6236ae7ae584be79ca74ced"
+  "ssitu/ComfyUI_restart_sampling 5b06f9623f7884d36f7b07af66bc6427f30ebf15"
+)
+for entry in "${THIRD_PARTY_PACKS[@]}"; do
+  read -r repo commit folder <<<"$entry"
+  dest="$THIRD_PARTY/${folder:-${repo#*/}}"
+  if [ "$(cat "$dest/.hidiff-commit" 2>/dev/null)" = "$commit" ]; then
+    continue
+  fi
+  snapshot="$HIDIFF_MIRROR/${repo/\//+}/repo"
+  if git -C "$snapshot" cat-file -e "$commit^{commit}" 2>/dev/null; then
+    rm -rf "$dest" && mkdir -p "$dest"
+    git -C "$snapshot" archive "$commit" | tar -x -C "$dest"
+    echo "$commit" >"$dest/.hidiff-commit"
+    say "third-party pack $repo at ${commit:0:7} in $dest"
+  else
+    say "!!! no snapshot of $repo at ${commit:0:7} under $HIDIFF_MIRROR (fetch github:$repo);"
+    say "!!! the tests that run it will be skipped, which fails CI"
+  fi
+done
 say "done"

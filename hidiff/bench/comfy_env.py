@@ -8,6 +8,7 @@ from ComfyUI's node registry, so callers get exactly what a user's workflow gets
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -68,6 +69,11 @@ def import_comfyui(*, cpu: bool, args: tuple[str, ...] = ()) -> None:
                 comfy.cli_args.parser.parse_args(list(args), namespace=comfy.cli_args.args)
             dynamic = _start_aimdo()
     import comfy.model_management  # noqa: F401
+
+    # main.py imports ComfyUI's ``utils`` package before ``nodes`` puts comfy/ first on
+    # sys.path, where comfy/utils.py would shadow it for ``server`` and the packs that import it.
+    with contextlib.suppress(ImportError):
+        import utils.extra_config  # noqa: F401
     import nodes  # noqa: F401
 
     if dynamic:

@@ -255,8 +255,8 @@ def middle_block_problem(tokens: int, height: int, width: int, channels: int, op
         culprit = nan_on_one_token(options, channels)
         if culprit is not None:
             return (
-                f"FreeU V2 cannot normalise a 1x1 map, and {culprit} turns it into NaN (the image would be NaN); "
-                "use FreeU instead of FreeU V2"
+                f"{culprit} turns a 1x1 map into NaN, so the image would be NaN (core FreeU V2 does: it "
+                "normalises by the map's max - min, which is 0 there); use core FreeU (V1) instead"
             )
     return None
 

@@ -33,7 +33,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import comfy.utils
 import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample, forward_timestep_embed
 from comfy.patcher_extension import WrappersMP
@@ -76,6 +75,7 @@ from .params import (
     require_number,
 )
 from .patch_base import RAUNET, SharedPatch, effect_of
+from .resampling import BLEH_NOTE, CallResampler, ca_downscale_methods, two_stage_modes, upscale_methods
 from .run_state import install_run_state, run_state, sigma_of
 
 EFFECT = RAUNET
@@ -112,15 +112,15 @@ YAML_KEYS = {
     "time_mode": f"one of {', '.join(TIME_MODES)}",
     "start_time": "when RAD/RAU start (inclusive)",
     "end_time": "when RAD/RAU end (inclusive)",
-    "upscale_mode": f"RAU resampling: {', '.join(UPSCALE_METHODS)}",
+    "upscale_mode": f"RAU resampling: {', '.join(UPSCALE_METHODS)}; {BLEH_NOTE}",
     "ca_start_time": "when the CA downscale starts (inclusive)",
     "ca_end_time": "when the CA downscale ends (inclusive)",
     "ca_input_blocks": "input blocks after which the map is shrunk, e.g. '4'",
     "ca_output_blocks": "the paired output blocks that restore it, e.g. '8'",
-    "ca_upscale_mode": f"CA restore resampling: {', '.join(UPSCALE_METHODS)}",
-    "ca_downscale_mode": f"CA downscale: {', '.join(CA_DOWNSCALE_METHODS)}",
+    "ca_upscale_mode": f"CA restore resampling: {', '.join(UPSCALE_METHODS)}; {BLEH_NOTE}",
+    "ca_downscale_mode": f"CA downscale: {', '.join(CA_DOWNSCALE_METHODS)}; {BLEH_NOTE}",
     "ca_downscale_factor": "CA downscale factor, at least 1 (whole numbers for avg_pool2d)",
-    "two_stage_upscale_mode": f"first half of the RAU resample: {', '.join(TWO_STAGE_MODES)}",
+    "two_stage_upscale_mode": f"first half of the RAU resample: {', '.join(TWO_STAGE_MODES)}; {BLEH_NOTE}",
     "ca_downscale_factor_w": "separate CA factor for the width (default: ca_downscale_factor)",
     "ca_input_after_skip_mode": "true: shrink after the skip is stored (Deep Shrink style; pairs k -> n-1-k)",
     "ca_fadeout_start_time": "time (time_mode units) from which the CA factor fades linearly to 1 at ca_end_time",
@@ -191,16 +191,16 @@ def build_settings(yaml_parameters: str | None = None, **inputs: Any) -> RauNetS
             time_mode=mode,
             start_time=require_number("start_time", values["start_time"]),
             end_time=require_number("end_time", values["end_time"]),
-            upscale_mode=require_choice("upscale_mode", values["upscale_mode"], UPSCALE_METHODS),
+            upscale_mode=require_choice("upscale_mode", values["upscale_mode"], upscale_methods()),
             ca_start_time=require_number("ca_start_time", values["ca_start_time"]),
             ca_end_time=require_number("ca_end_time", values["ca_end_time"]),
             ca_input_blocks=parse_block_list("ca_input_blocks", values["ca_input_blocks"]),
             ca_output_blocks=parse_block_list("ca_output_blocks", values["ca_output_blocks"]),
-            ca_upscale_mode=require_choice("ca_upscale_mode", values["ca_upscale_mode"], UPSCALE_METHODS),
-            ca_downscale_mode=require_choice("ca_downscale_mode", values["ca_downscale_mode"], CA_DOWNSCALE_METHODS),
+            ca_upscale_mode=require_choice("ca_upscale_mode", values["ca_upscale_mode"], upscale_methods()),
+            ca_downscale_mode=require_choice("ca_downscale_mode", values["ca_downscale_mode"], ca_downscale_methods()),
             ca_downscale_factor=_factor("ca_downscale_factor", values["ca_downscale_factor"]),
             two_stage_upscale_mode=require_choice(
-                "two_stage_upscale_mode", values["two_stage_upscale_mode"], TWO_STAGE_MODES
+                "two_stage_upscale_mode", values["two_stage_upscale_mode"], two_stage_modes()
             ),
             ca_downscale_factor_w=_optional(_factor, "ca_downscale_factor_w", values["ca_downscale_factor_w"]),
             ca_input_after_skip_mode=require_bool("ca_input_after_skip_mode", values["ca_input_after_skip_mode"]),
@@ -336,10 +336,6 @@ def ca_pairs(settings: RauNetSettings, unet: UNetMap) -> dict[int, int]:
 # --- the patches -----------------------------------------------------------------------
 
 
-def _bislerp(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    return comfy.utils.bislerp(x, width, height)
-
-
 def _active_sigma(options: dict, kind: str, blocks: frozenset[int], time: SigmaRange) -> float | None:
     """The call's sigma when it is on one of ``blocks`` of ``kind`` and inside ``time``; else None."""
     block = block_of(options)
@@ -426,7 +422,7 @@ class ResolutionAwareUpsample(_Patch):
         block = block_of(transformer_options)
         output_shape = args[0] if args else None
         if block is not None and block[0] == "output" and block[1] in self.blocks and self.applies(x, output_shape):
-            return self.resample(layer, x, output_shape)
+            return self.resample(layer, x, output_shape, transformer_options)
         return _pass_on(self, layer, x, emb, context, transformer_options, *args)
 
     def applies(self, x: torch.Tensor, output_shape: Any) -> bool:
@@ -436,9 +432,10 @@ class ResolutionAwareUpsample(_Patch):
         height, width = int(output_shape[-2]), int(output_shape[-1])
         return x.shape[-2] < -(-height // 2) or x.shape[-1] < -(-width // 2)
 
-    def resample(self, layer: Any, x: torch.Tensor, output_shape: Any) -> torch.Tensor:
+    def resample(self, layer: Any, x: torch.Tensor, output_shape: Any, options: dict) -> torch.Tensor:
         """RAU: ``x`` resampled to exactly ``output_shape`` with ``mode``, then the layer's own conv."""
-        x = upscale(x, int(output_shape[-2]), int(output_shape[-1]), self.mode, self.two_stage_mode, _bislerp)
+        host = CallResampler(options, EFFECT)
+        x = upscale(x, int(output_shape[-2]), int(output_shape[-1]), self.mode, self.two_stage_mode, host)
         return layer.conv(x) if layer.use_conv else x
 
 
@@ -462,19 +459,27 @@ def upsample_handlers_supported() -> bool:
 
 _RUNNING_UNET: contextvars.ContextVar[Any] = contextvars.ContextVar("hidiffusion_running_unet", default=None)
 """The UNet (``diffusion_model``) whose forward is running in this thread, named by :class:`RunningUNet`."""
+_RUNNING_OPTIONS: contextvars.ContextVar[dict] = contextvars.ContextVar("hidiffusion_running_options", default={})  # noqa: B039 (never changed)
+"""That call's ``transformer_options`` (the UNet sets ``block`` in this same dict as it goes)."""
+
+_OPTIONS_ARG = 5
+"""Where ``transformer_options`` sits in ``UNetModel.forward(x, timesteps, context, y, control, ...)``."""
 
 
 class RunningUNet(_Patch):
-    """``DIFFUSION_MODEL`` wrapper: names the running UNet for :class:`UpsampleForward` during one call."""
+    """``DIFFUSION_MODEL`` wrapper: names the running UNet and its options for :class:`UpsampleForward`."""
 
     def __repr__(self) -> str:
         return "RunningUNet()"
 
     def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
+        options = kwargs.get("transformer_options", args[_OPTIONS_ARG] if len(args) > _OPTIONS_ARG else {})
         token = _RUNNING_UNET.set(executor.class_obj)
+        options_token = _RUNNING_OPTIONS.set(options if isinstance(options, dict) else {})
         try:
             return executor(*args, **kwargs)
         finally:
+            _RUNNING_OPTIONS.reset(options_token)
             _RUNNING_UNET.reset(token)
 
 
@@ -504,7 +509,7 @@ class UpsampleForward(_Patch):
             return self.fallback(x, output_shape=output_shape)
         layer = self.layer()
         if self.rau.applies(x, output_shape):
-            return self.rau.resample(layer, x, output_shape)
+            return self.rau.resample(layer, x, output_shape, _RUNNING_OPTIONS.get())
         return type(layer).forward(layer, x, output_shape=output_shape)
 
     def layer(self) -> Any:
@@ -571,7 +576,7 @@ class CaDownscale(_Patch):
         if sigma is None:
             return h
         factor_h, factor_w = self.factors_at(sigma)
-        out = ca_downscale(h, factor_h, factor_w, self.mode, _bislerp)
+        out = ca_downscale(h, factor_h, factor_w, self.mode, CallResampler(transformer_options, EFFECT))
         state = run_state(transformer_options, EFFECT)
         warn_runtime_conflicts(state, transformer_options)
         if self.verbose and state is not None:
@@ -602,7 +607,7 @@ class CaRestore(_Patch):
             return h, hsp
         if hsp is None or h.shape[-2:] == hsp.shape[-2:]:  # None: another node merged the skip itself
             return h, hsp
-        out = resize(h, hsp.shape[-2], hsp.shape[-1], self.mode, _bislerp)
+        out = resize(h, hsp.shape[-2], hsp.shape[-1], self.mode, CallResampler(transformer_options, EFFECT))
         state = run_state(transformer_options, EFFECT)
         if self.verbose and state is not None:
             state.tell_once(f"RAU-Net output block {block[1]}: CA {self.mode} {_size(h)} -> {_size(out)}", "info")
@@ -745,7 +750,7 @@ class _Resampler:
     mode: str
 
     def __call__(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return resize(x, height, width, self.mode, _bislerp)
+        return resize(x, height, width, self.mode, CallResampler({}, EFFECT))
 
 
 def _pairs_if_used(part: str, check: Any, settings: RauNetSettings, unet: UNetMap, time: SigmaRange) -> dict[int, int]:

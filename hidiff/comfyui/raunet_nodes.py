@@ -9,12 +9,12 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..core.presets import RAUNET_RES_MODES, RauNetPreset, raunet_preset_for
-from ..core.raunet import CA_DOWNSCALE_METHODS, TWO_STAGE_MODES, UPSCALE_METHODS
 from ..core.schedule import TIME_MODES
 from ..log import logger
 from . import node_common as base
 from . import raunet
 from .params import require_choice
+from .resampling import BLEH_NOTE, ca_downscale_methods, two_stage_modes, upscale_methods
 
 DEFAULT_MODE = "default"
 _MODEL_TOOLTIP = "Model to patch; the input model itself is never changed."
@@ -70,10 +70,10 @@ class ApplyRAUNet(io.ComfyNode):
                 _time_input("end_time", 0.45, "When RAD/RAU end"),
                 io.Combo.Input(
                     "upscale_mode",
-                    options=list(UPSCALE_METHODS),
+                    options=list(upscale_methods()),
                     default="bicubic",
                     tooltip="How RAU resamples back to the exact skip size after RAD. nearest = the official "
-                    "behaviour (ComfyUI's own Upsample, no patch).",
+                    f"behaviour (ComfyUI's own Upsample, no patch). {BLEH_NOTE}",
                 ),
                 _time_input("ca_start_time", 0.0, "When the CA downscale starts", base.ADVANCED),
                 _time_input("ca_end_time", 0.3, "When the CA downscale ends", base.ADVANCED),
@@ -92,14 +92,15 @@ class ApplyRAUNet(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "ca_upscale_mode",
-                    options=list(UPSCALE_METHODS),
+                    options=list(upscale_methods()),
                     default="bicubic",
-                    tooltip="How the CA output block resamples back to the exact skip size (official: bicubic).",
+                    tooltip=f"How the CA output block resamples back to the exact skip size (official: bicubic). "
+                    f"{BLEH_NOTE}",
                     **base.ADVANCED,
                 ),
                 io.Combo.Input(
                     "ca_downscale_mode",
-                    options=list(CA_DOWNSCALE_METHODS),
+                    options=list(ca_downscale_methods()),
                     default="avg_pool2d",
                     tooltip="How the CA input block shrinks: avg_pool2d (official, whole factors), "
                     "adaptive_avg_pool2d (fractional factors), or a resampling method. Size: ceil(size / factor).",
@@ -116,7 +117,7 @@ class ApplyRAUNet(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "two_stage_upscale_mode",
-                    options=list(TWO_STAGE_MODES),
+                    options=list(two_stage_modes()),
                     default="disabled",
                     tooltip="If not disabled, RAU first resamples to half the skip size with this method, then "
                     "the rest of the way with upscale_mode.",
@@ -221,15 +222,15 @@ class ApplyRAUNetSimple(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "upscale_mode",
-                    options=[DEFAULT_MODE, *UPSCALE_METHODS],
+                    options=[DEFAULT_MODE, *upscale_methods()],
                     default=DEFAULT_MODE,
-                    tooltip="RAU resampling back to the skip size; default = bicubic.",
+                    tooltip=f"RAU resampling back to the skip size; default = bicubic. {BLEH_NOTE}",
                 ),
                 io.Combo.Input(
                     "ca_upscale_mode",
-                    options=[DEFAULT_MODE, *UPSCALE_METHODS],
+                    options=[DEFAULT_MODE, *upscale_methods()],
                     default=DEFAULT_MODE,
-                    tooltip="CA restore resampling; default = bicubic.",
+                    tooltip=f"CA restore resampling; default = bicubic. {BLEH_NOTE}",
                 ),
             ],
             outputs=[io.Model.Output(tooltip=_OUTPUT_TOOLTIP)],
@@ -243,7 +244,7 @@ class ApplyRAUNetSimple(io.ComfyNode):
         upscale_mode: str | None = None,
         ca_upscale_mode: str | None = None,
     ) -> bool | str:
-        methods = (DEFAULT_MODE, *UPSCALE_METHODS)
+        methods = (DEFAULT_MODE, *upscale_methods())
         return base.choice_message(
             {
                 "model_type": (base.MODEL_TYPES, model_type),

@@ -26,11 +26,13 @@ import torch.nn.functional as F  # noqa: N812 (torch convention)
 
 UPSCALE_METHODS = ("bicubic", "bislerp", "bilinear", "nearest-exact", "nearest", "area")
 """Resampling methods, in the seed pack's order (saved workflows store the names)."""
+TORCH_METHODS = tuple(m for m in UPSCALE_METHODS if m != "bislerp")
+"""The methods torch's ``interpolate`` runs; any other is the host's."""
 TWO_STAGE_MODES = ("disabled", *UPSCALE_METHODS)
 CA_DOWNSCALE_METHODS = ("avg_pool2d", "adaptive_avg_pool2d", *UPSCALE_METHODS)
 
-Resize = Callable[[torch.Tensor, int, int], torch.Tensor]
-"""A resampler called as ``resize(x, height, width)``."""
+HostResize = Callable[[torch.Tensor, int, int, str], torch.Tensor]
+"""The host's resampler for methods torch lacks, called as ``host(x, height, width, mode)``."""
 
 _SIZE_TOLERANCE = 1e-6
 """Sizes are ceil(size / factor); a factor such as 1/0.3 must not round 3.0000001 up."""
@@ -54,21 +56,22 @@ def rad_size(size: int) -> int:
     return -(-size // 4)
 
 
-def resize(x: torch.Tensor, height: int, width: int, mode: str, bislerp: Resize | None = None) -> torch.Tensor:
+def resize(x: torch.Tensor, height: int, width: int, mode: str, host: HostResize | None = None) -> torch.Tensor:
     """Resample ``x`` (N, C, H, W) to exactly ``height`` x ``width`` with ``mode``.
 
-    ``bislerp`` (spherical bilinear, ComfyUI's ``comfy.utils.bislerp``) is not part of
-    torch; the host passes it in, so this module stays host-free.
+    Methods outside torch (``bislerp``, spherical bilinear, is ComfyUI's
+    ``comfy.utils.bislerp``; ComfyUI-bleh adds more) go to ``host``, which the adapter
+    passes in, so this module stays host-free.
     """
     if tuple(x.shape[-2:]) == (height, width):
         return x
+    if mode in TORCH_METHODS:
+        return F.interpolate(x, size=(height, width), mode=mode)
+    if host is not None:
+        return host(x, height, width, mode)
     if mode == "bislerp":
-        if bislerp is None:
-            raise ResizeError("bislerp needs the host's implementation; none was given")
-        return bislerp(x, height, width)
-    if mode not in UPSCALE_METHODS:
-        raise ResizeError(f"resampling method {mode!r} is not valid; use one of {', '.join(UPSCALE_METHODS)}")
-    return F.interpolate(x, size=(height, width), mode=mode)
+        raise ResizeError("bislerp needs the host's implementation; none was given")
+    raise ResizeError(f"resampling method {mode!r} is not valid; use one of {', '.join(UPSCALE_METHODS)}")
 
 
 def halfway_size(size: int, target: int) -> int:
@@ -85,7 +88,7 @@ def upscale(
     width: int,
     mode: str,
     two_stage_mode: str = "disabled",
-    bislerp: Resize | None = None,
+    host: HostResize | None = None,
 ) -> torch.Tensor:
     """RAU's resample to the exact skip size, optionally in two stages.
 
@@ -94,8 +97,8 @@ def upscale(
     """
     if two_stage_mode != "disabled":
         mid_h, mid_w = halfway_size(x.shape[-2], height), halfway_size(x.shape[-1], width)
-        x = resize(x, mid_h, mid_w, two_stage_mode, bislerp)
-    return resize(x, height, width, mode, bislerp)
+        x = resize(x, mid_h, mid_w, two_stage_mode, host)
+    return resize(x, height, width, mode, host)
 
 
 def downscaled_size(size: int, factor: float) -> int:
@@ -117,7 +120,7 @@ def ca_downscale(
     factor_h: float,
     factor_w: float,
     mode: str,
-    bislerp: Resize | None = None,
+    host: HostResize | None = None,
 ) -> torch.Tensor:
     """Shrink the map by ``factor_h`` x ``factor_w`` (each at least 1) with ``mode``.
 
@@ -136,7 +139,7 @@ def ca_downscale(
         return F.avg_pool2d(x, kernel_size=kernel, stride=kernel, ceil_mode=True)
     if mode in ("avg_pool2d", "adaptive_avg_pool2d"):
         return F.adaptive_avg_pool2d(x, (target_h, target_w))
-    return resize(x, target_h, target_w, mode, bislerp)
+    return resize(x, target_h, target_w, mode, host)
 
 
 def fadeout_strength(percent: float, fade_start: float | None, end: float, cap: float = 0.0) -> float:

@@ -96,12 +96,12 @@ def _raunet_simple(res_mode: str) -> Callable[[Any, int, int, int], Any]:
     return patch
 
 
-def _auto(schedule: str) -> Callable[[Any, int, int, int], Any]:
+def _auto(schedule: str, window_grid: str = "2x2", raunet: bool = True) -> Callable[[Any, int, int, int], Any]:
     def patch(model: Any, native: int, height: int, width: int) -> Any:
         node = _node("ApplyHiDiffusion")
-        advanced = f"native_resolution: {native * 8}\nschedule: {schedule}"
+        advanced = f"native_resolution: {native * 8}\nschedule: {schedule}\nwindow_grid: {window_grid}"
         return _result(
-            node.execute(model=model, width=width * 8, height=height * 8, raunet=True, msw_msa=True, advanced=advanced)
+            node.execute(model=model, width=width * 8, height=height * 8, raunet=raunet, msw_msa=True, advanced=advanced)
         )
 
     return patch
@@ -116,6 +116,9 @@ CONFIGS: tuple[Config, ...] = (
     Config("raunet_ultra", "RAU-Net Simple ultra", _raunet_simple("ultra")),
     Config("auto", "HiDiffusion (auto node)", _auto("measured")),
     Config("auto_official", "HiDiffusion (auto node, schedule: official)", _auto("official")),
+    Config("auto_native", "HiDiffusion (auto node, window_grid: native)", _auto("measured", "native")),
+    Config("auto_msw", "auto node, MSW-MSA only (2x2 windows)", _auto("measured", raunet=False)),
+    Config("auto_msw_native", "auto node, MSW-MSA only, window_grid: native", _auto("measured", "native", False)),
     Config("hires_fix", f"native + upscale + {HIRES_DENOISE} denoise", hires=True),
 )
 CONFIG_NAMES = tuple(config.name for config in CONFIGS)

@@ -9,6 +9,7 @@ transformer_options, sample_sigmas, wrappers and CFG batching are all real.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,46 @@ def needs_feature(feature: str, present: bool):
     import pytest
 
     return pytest.mark.skipif(not present, reason=f"{FEATURE_SKIP} {feature}")
+
+
+THIRD_PARTY = Path(os.environ.get("HIDIFF_THIRD_PARTY", Path.home() / "comfy" / "third_party"))
+"""Where scripts/setup.sh lays out the third-party packs the compatibility tests run with."""
+
+
+def third_party_pack(name: str) -> Path:
+    """The folder of a third-party pack set up by scripts/setup.sh; the test is skipped
+    (which fails CI) when setup could not lay it out."""
+    import pytest
+
+    path = THIRD_PARTY / name
+    if not (path / "__init__.py").is_file():
+        pytest.skip(f"third-party pack {name} is not at {path}: run scripts/setup.sh (it needs a snapshot)")
+    return path
+
+
+def bleh_folder() -> str:
+    """The ComfyUI-bleh that runs on this ComfyUI: its newest commit needs a ComfyUI newer than
+    0.3.64 (``comfy.latent_formats.HunyuanVideo15``), so 0.3.64 gets the last one of 2025-09."""
+    version = tuple(int(part) for part in (comfyui_version() or "0").split(".")[:3] if part.isdigit())
+    return "ComfyUI-bleh-2025.09" if version <= (0, 3, 64) else "ComfyUI-bleh"
+
+
+_LOADED_THIRD_PARTY: set[str] = set()
+
+
+def load_third_party(name: str) -> dict:
+    """Load a third-party pack (once) with ComfyUI's custom-node loader, as ComfyUI does at
+    start-up; return ComfyUI's node registry."""
+    import asyncio
+
+    import nodes
+
+    path = third_party_pack(name)
+    if name not in _LOADED_THIRD_PARTY:
+        if not asyncio.run(nodes.load_custom_node(str(path), ignore=set(), module_parent="custom_nodes")):
+            raise RuntimeError(f"ComfyUI could not load {name}; see the log above")
+        _LOADED_THIRD_PARTY.add(name)
+    return nodes.NODE_CLASS_MAPPINGS
 
 
 def import_comfyui() -> None:

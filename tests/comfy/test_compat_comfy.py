@@ -24,6 +24,7 @@ import comfy.model_patcher
 import comfy.sample
 import comfy.samplers
 import comfy.supported_models
+import executor
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -32,6 +33,7 @@ from harness import (
     assert_matches_a_decisive_reference,
     conditioning,
     fresh_model,
+    load_third_party,
     pack_module,
     rau_patches,
     sample,
@@ -236,8 +238,8 @@ def test_freeu_v2_on_a_one_token_middle_block_stops_with_a_clear_message(pack):
         with pytest.raises(ValueError) as error:
             sample(both, "sd15", 21, 29, steps=2)  # RAD + CA: the middle block is 1x1
         message = str(error.value)
-        assert "FreeU V2 cannot normalise a 1x1 map" in message and "21x29 latent" in message
-        assert "use FreeU instead of FreeU V2" in message
+        assert "FreeU_V2 (comfy_extras.nodes_freelunch) turns a 1x1 map into NaN" in message
+        assert "21x29 latent" in message and "use core FreeU (V1) instead" in message
 
 
 def check_freeu(pack, version: str, order: str, size: tuple[int, int] = (21, 29)) -> None:
@@ -250,6 +252,97 @@ def check_freeu(pack, version: str, order: str, size: tuple[int, int] = (21, 29)
     assert torch.isfinite(result).all()
     assert different(result, hidiffusion_alone(pack, "sd15", *size))  # FreeU acted
     assert different(result, sample_once(version, lambda: freeu(model, version), "sd15", *size))  # HiDiffusion acted
+
+
+# --- third-party packs: the real ones (scripts/setup.sh), through ComfyUI's executor ------------
+
+KSAMPLER = (
+    "KSampler",
+    {"seed": 3, "steps": 4, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0},
+)
+
+
+def ours_in_a_graph(family: str = "sd15") -> list[tuple[str, dict]]:
+    """ApplyRAUNet then ApplyMSWMSAAttention as workflow nodes, staged like the sampler tests
+    (each effect on at some sigmas and off at others)."""
+    times = {"end_time": RAD_END, "ca_end_time": CA_END, "yaml_parameters": ""}
+    return [
+        ("ApplyRAUNet", {**RAUNET_BLOCKS[family], **RAUNET_TIMES, **times}),
+        ("ApplyMSWMSAAttention", {**MSW_BLOCKS[family], **MSW_TIMES, "start_time": MSW_START, "yaml_parameters": ""}),
+    ]
+
+
+def through_executor(model, model_nodes: list, sampler: tuple, size: tuple[int, int], record: bool = False):
+    """Run model -> ``model_nodes`` -> ``sampler`` through ComfyUI's executor on ``model``.
+
+    With ``record``, a recorder after the last model node sees every call (as :func:`staged`).
+    Returns the latent and the recorded (input block calls, MSW-MSA calls), or Nones.
+    """
+    found: dict = {}
+
+    def record_model(model):
+        clone, found["calls"] = recorded(model)
+        clone, found["msw"] = windowed(clone)
+        return clone
+
+    executor.PROVIDED.update(
+        model=model, positive=conditioning("sd15", seed=11), negative=conditioning("sd15", seed=12), record=record_model
+    )
+    chain = [*model_nodes, ("TestApply", {"key": "record"})] if record else model_nodes
+    executor.run_prompt(executor.chain_prompt(chain, sampler, *size))
+    return executor.KEPT.pop("out"), found.get("calls"), found.get("msw")
+
+
+FREEU_ADVANCED_WIDTH = 160
+"""The tiny SD1.5 layout at 160/320/640/640 channels: FreeU_Advanced acts only on maps of 640
+and 1280 channels (SD1.x and SDXL widths), so on the 32-channel tiny model it would do nothing."""
+
+
+def freeu_advanced_node(registry: dict) -> tuple[str, dict]:
+    """WAS_FreeU with every widget at what a newly placed node shows (a combo's first option,
+    else the default), as the frontend queues it, and target_block all."""
+    types = registry["WAS_FreeU"].INPUT_TYPES()
+    values = {
+        name: spec[0][0] if isinstance(spec[0], list) else spec[1]["default"]
+        for section in ("required", "optional")
+        for name, spec in types.get(section, {}).items()
+        if spec[0] != "MODEL"
+    }
+    return "WAS_FreeU", {**values, "target_block": "all"}
+
+
+@compat(
+    OTHER_NODES,
+    "FreeU (Advanced Plus) from FreeU_Advanced (the real pack)",
+    "works with note",
+    "Before or after the HiDiffusion nodes. It scales 640- and 1280-channel maps (SD1.x/SDXL widths) wherever they "
+    "are, so also the maps RAU-Net shrinks. The seed pack's load-order workaround is not needed: both packs only "
+    "use ComfyUI's block patches. Where RAU-Net shrinks the middle block to 1x1 (very small images: SD1.x with the "
+    "CA downscale, both sides 256 px or less), FreeU_Advanced turns that map into NaN; the run stops at its first "
+    "step with a message naming the sizes.",
+)
+@pytest.mark.parametrize("order", ["freeu_first", "freeu_last"])
+def test_freeu_advanced(pack, order):
+    freeu = freeu_advanced_node(load_third_party("FreeU_Advanced"))
+    model = fresh_model("sd15", model_channels=FREEU_ADVANCED_WIDTH)
+    ours = ours_in_a_graph()
+    chain = [freeu, *ours] if order == "freeu_first" else [*ours, freeu]
+    size = (37, 53)  # the middle block is 2x2 while RAU-Net is active
+    both, calls, msw_calls = through_executor(model, chain, KSAMPLER, size, record=True)
+    assert torch.isfinite(both).all()
+    check_gating(model, calls, msw_calls, *size)
+    assert different(both, through_executor(model, ours, KSAMPLER, size)[0])  # FreeU acted
+    assert different(both, through_executor(model, [freeu], KSAMPLER, size)[0])  # HiDiffusion acted
+
+
+@compat(OTHER_NODES, "FreeU (Advanced Plus) from FreeU_Advanced (the real pack)", "works with note")
+def test_freeu_advanced_on_a_one_token_middle_block_stops_with_a_clear_message(pack):
+    freeu = freeu_advanced_node(load_third_party("FreeU_Advanced"))
+    model = fresh_model("sd15", model_channels=FREEU_ADVANCED_WIDTH)
+    with pytest.raises(AssertionError) as error:  # run_prompt's report of ComfyUI's execution_error
+        through_executor(model, [*ours_in_a_graph(), freeu], KSAMPLER, (21, 29))  # the middle block is 1x1
+    message = str(error.value)
+    assert "WAS_FreeU (" in message and "turns a 1x1 map into NaN" in message and "21x29 latent" in message
 
 
 # --- PAG and SAG -------------------------------------------------------------------------------
@@ -1109,3 +1202,32 @@ def test_restart_style_sigmas(pack):
     assert torch.equal(first, run(recording))  # no state left from the first run
     assert torch.equal(first, run(patched))
     assert different(first, run(model))
+
+
+RESTART_SEGMENTS = "[2,1,0.5,6.0]"
+"""Restart sampling's segment syntax [restarts, steps, sigma min, sigma max]: twice from sigma
+0.5 back up to 6, into RAU-Net's range again (RAD until 40 %: sigma 2.9 on the tiny models)."""
+
+
+@compat(
+    SAMPLERS,
+    "KRestartSamplerSimple from ComfyUI_restart_sampling (the real pack)",
+    "works",
+    "Each call is gated by its own sigma, so a restart back into RAU-Net's range runs RAU-Net again; the seed "
+    "recommends restart segments that start after RAU-Net ends (the a1111 preset does).",
+)
+def test_restart_sampling(pack):
+    load_third_party("ComfyUI_restart_sampling")
+    model = tiny_model("sd15")
+    size = (21, 29)
+    restart = ("KRestartSamplerSimple", {**KSAMPLER[1], "steps": 6, "segments": RESTART_SEGMENTS})
+    result, calls, msw_calls = through_executor(model, ours_in_a_graph(), restart, size, record=True)
+    assert torch.isfinite(result).all()
+    check_gating(model, calls, msw_calls, *size)
+    rad_until = to_sigma(model)(RAD_END)
+    on = [call.sigma >= rad_until for call in calls if call.block == 3]
+    assert any(not before and after for before, after in zip(on, on[1:]))  # RAD came back with a restart
+    assert torch.equal(result, through_executor(model, ours_in_a_graph(), restart, size)[0])
+    plain = ("KSampler", {**KSAMPLER[1], "steps": 6})
+    assert different(result, through_executor(model, ours_in_a_graph(), plain, size)[0])  # the restarts acted
+    assert different(result, through_executor(model, [], restart, size)[0])  # HiDiffusion acted

@@ -801,7 +801,7 @@ def unet_calls(model):
 
 
 TOO_SMALL = [
-    (freeu_v2, (21, 29), "FreeU V2 cannot normalise a 1x1 map", "middle block to 1x1"),
+    (freeu_v2, (21, 29), "FreeU_V2 (comfy_extras.nodes_freelunch) turns a 1x1 map into NaN", "middle block to 1x1"),
     (sag, (24, 40), "Self-Attention Guidance (SAG) cannot rebuild its attention map from 2 token(s)", "to 1x2"),
 ]
 

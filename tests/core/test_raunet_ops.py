@@ -29,7 +29,9 @@ from hidiff.core.unet_map import BlockInfo, Family, UNetMap
 SIZES = [(8, 8), (9, 13), (37, 53), (45, 29), (125, 187), (1, 1), (2, 3), (5, 4)]
 
 
-def fake_bislerp(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def fake_host(x: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    """The host's resampler for methods torch lacks (ComfyUI's bislerp here)."""
+    assert mode == "bislerp"
     return F.interpolate(x, size=(height, width), mode="bilinear")
 
 
@@ -62,19 +64,19 @@ def test_rad_size_is_ceil_quarter(size):
 @pytest.mark.parametrize(("height", "width"), [(37, 53), (125, 187), (7, 3)])
 def test_upscale_hits_the_exact_target(mode, height, width):
     x = torch.randn(1, 4, rad_size(height), rad_size(width))
-    assert upscale(x, height, width, mode, bislerp=fake_bislerp).shape[-2:] == (height, width)
+    assert upscale(x, height, width, mode, host=fake_host).shape[-2:] == (height, width)
 
 
 @pytest.mark.parametrize("first", ["nearest-exact", "bislerp", "area"])
 def test_two_stage_goes_through_half_the_target(first, monkeypatch):
     seen = []
 
-    def spy(x, height, width):
+    def spy(x, height, width, mode):
         seen.append((height, width))
-        return fake_bislerp(x, height, width)
+        return fake_host(x, height, width, mode)
 
     x = torch.randn(1, 4, 32, 47)
-    out = upscale(x, 125, 187, "bislerp", two_stage_mode=first, bislerp=spy)
+    out = upscale(x, 125, 187, "bislerp", two_stage_mode=first, host=spy)
     assert out.shape[-2:] == (125, 187)
     assert seen[-1] == (125, 187)
     assert halfway_size(32, 125) == 63 and halfway_size(47, 187) == 94
@@ -105,6 +107,19 @@ def test_bislerp_needs_the_host():
         resize(torch.randn(1, 4, 4, 4), 8, 8, "lanczos")
 
 
+def test_methods_torch_lacks_go_to_the_host_and_torch_methods_never_do():
+    asked = []
+
+    def host(x, height, width, mode):
+        asked.append(mode)
+        return torch.zeros(*x.shape[:2], height, width)
+
+    x = torch.randn(1, 4, 4, 4)
+    assert torch.equal(resize(x, 8, 8, "hslerp", host), torch.zeros(1, 4, 8, 8))
+    assert torch.equal(resize(x, 8, 8, "bicubic", host), F.interpolate(x, size=(8, 8), mode="bicubic"))
+    assert asked == ["hslerp"]
+
+
 @pytest.mark.parametrize(("height", "width"), SIZES)
 @pytest.mark.parametrize("factor", [2, 3, 4])
 def test_avg_pool2d_is_the_official_ceil_pooling(height, width, factor):
@@ -120,7 +135,7 @@ def test_avg_pool2d_is_the_official_ceil_pooling(height, width, factor):
 @pytest.mark.parametrize(("height", "width"), [(37, 53), (19, 27), (1, 3)])
 def test_every_downscale_mode_gives_ceil_sizes(mode, height, width):
     x = torch.randn(1, 4, height, width)
-    out = ca_downscale(x, 2.0, 3.0, mode, bislerp=fake_bislerp)
+    out = ca_downscale(x, 2.0, 3.0, mode, host=fake_host)
     assert out.shape[-2:] == (math.ceil(height / 2), math.ceil(width / 3))
 
 

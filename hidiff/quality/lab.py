@@ -101,7 +101,9 @@ def _auto(schedule: str, window_grid: str = "2x2", raunet: bool = True) -> Calla
         node = _node("ApplyHiDiffusion")
         advanced = f"native_resolution: {native * 8}\nschedule: {schedule}\nwindow_grid: {window_grid}"
         return _result(
-            node.execute(model=model, width=width * 8, height=height * 8, raunet=raunet, msw_msa=True, advanced=advanced)
+            node.execute(
+                model=model, width=width * 8, height=height * 8, raunet=raunet, msw_msa=True, advanced=advanced
+            )
         )
 
     return patch

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything the tests and benchmarks need, on a machine that has only Python 3.10+:
 #   torch, a ComfyUI release at $COMFYUI_PATH (default ~/comfy/ComfyUI), that release's
-#   Python requirements, diffusers + peft, this pack's pinned test tools, and the third-party
-#   packs the compatibility tests run with (ComfyUI-bleh, FreeU_Advanced, restart sampling).
+#   Python requirements, diffusers + peft, this pack's pinned test tools, the frontend that
+#   release pins and Chromium (the browser tier), and the third-party packs the compatibility
+#   tests run with (ComfyUI-bleh, FreeU_Advanced, restart sampling).
 # COMFYUI_VERSION picks the release laid out when $COMFYUI_PATH has none yet: 0.3.64 (the
 # oldest supported, default) or 0.33.0 (the newest tested). A tree that is already there is
 # used as it is (its version is printed).
@@ -86,7 +87,7 @@ if ! "$PYTHON" -c "import diffusers.hooks, peft" 2>/dev/null; then
   "$PYTHON" -m pip install --quiet -c "$TORCH_PIN" "diffusers==0.42.1" "peft==0.21.2"
 fi
 
-TEST_TOOLS=("pytest==9.0.3" "ruff==0.17.6" "pyyaml==6.0.3")
+TEST_TOOLS=("pytest==9.0.3" "ruff==0.17.6" "pyyaml==6.0.3" "playwright==1.65.2")
 if ! "$PYTHON" - "${TEST_TOOLS[@]}" <<'PY'
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -103,6 +104,27 @@ then
   say "installing test tools: ${TEST_TOOLS[*]}"
   "$PYTHON" -m pip install --quiet -c "$TORCH_PIN" "${TEST_TOOLS[@]}"
 fi
+# The browser tier: the frontend this ComfyUI pins (each tree its own, in its own folder, so
+# several trees can share one Python), and Debian's Chromium for Playwright to drive (never a
+# browser download of Playwright's own).
+FRONTENDS="${HIDIFF_FRONTENDS:-$HOME/comfy/frontends}"
+frontend_pin=$(sed -n 's/^comfyui-frontend-package==\([0-9.]*\).*/\1/p' "$COMFYUI_PATH/requirements.txt")
+if [ -z "$frontend_pin" ]; then
+  say "!!! $COMFYUI_PATH/requirements.txt pins no comfyui-frontend-package; the browser tier will be skipped"
+elif [ ! -f "$FRONTENDS/$frontend_pin/comfyui_frontend_package/static/index.html" ]; then
+  say "installing comfyui-frontend-package $frontend_pin into $FRONTENDS/$frontend_pin"
+  "$PYTHON" -m pip install --quiet --no-deps --target "$FRONTENDS/$frontend_pin" "comfyui-frontend-package==$frontend_pin"
+fi
+CHROMIUM="${HIDIFF_CHROMIUM:-/usr/bin/chromium}"
+if [ ! -x "$CHROMIUM" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian's chromium (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    say "!!! no Chromium at $CHROMIUM: install Debian's chromium package (or set HIDIFF_CHROMIUM); the browser tier will be skipped"
+  fi
+fi
+
 # Third-party packs the compatibility tests run with, at the commits the tests were written
 # against, from snapshots of their public repositories ($HIDIFF_MIRROR, where this project's
 # `fetch` tool puts them: <owner>+<name>/repo, a bare git directory). They go to

@@ -1,7 +1,8 @@
 """Test-session report: one line per tier, and the gate CI relies on.
 
 Tiers are the folders under ``tests/``: ``core`` (pure torch), ``comfy`` (inside real
-ComfyUI, whose version the line names) and ``diffusers``. Each prints
+ComfyUI, whose version the line names), ``diffusers`` and ``browser`` (the real server and
+frontend in headless Chromium; its line names the ComfyUI and frontend versions). Each prints
 "N passed, N failed, N skipped". A skip whose reason starts with
 :data:`harness.FEATURE_SKIP` is a test that needs a ComfyUI feature the running version
 lacks; those are named on the ComfyUI line.
@@ -11,7 +12,7 @@ lacks; those are named on the ComfyUI line.
 passed across its parameters) and the ComfyUI version as JSON, from which
 ``scripts/make_compat_table.py`` writes docs/compatibility.md.
 
-``HIDIFF_REQUIRED_TIERS`` (a comma list of ``core``, ``comfyui``, ``diffusers``; set by
+``HIDIFF_REQUIRED_TIERS`` (a comma list of ``core``, ``comfyui``, ``diffusers``, ``browser``; set by
 .ci/run) makes the run fail when a required tier that this run covers passed nothing, had
 a failure, skipped anything other than a feature-gated test, or ran fewer tests than it
 collected (ComfyUI not found counts: its tests are then not even collected).
@@ -26,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from harness import FEATURE_SKIP, comfyui_available, comfyui_path, comfyui_version
+from harness import FEATURE_SKIP, comfyui_available, comfyui_path, comfyui_version, pinned_frontend_version
 
 TESTS = Path(__file__).resolve().parent
-TIER_DIRS = {"core": "core", "comfyui": "comfy", "diffusers": "diffusers"}
+TIER_DIRS = {"core": "core", "comfyui": "comfy", "diffusers": "diffusers", "browser": "browser"}
 
 
 @dataclass
@@ -43,9 +44,11 @@ class Tier:
         counts = (
             f"{self.outcomes['passed']} passed, {self.outcomes['failed']} failed, {self.outcomes['skipped']} skipped"
         )
+        where = f"ComfyUI {comfyui_version() or '(not found)'} at {comfyui_path()}"
+        if self.name == "browser":
+            return f"browser tier, {where}, frontend {pinned_frontend_version() or '(none pinned)'}: {counts}"
         if self.name != "comfyui":
             return f"{self.name} tier: {counts}"
-        where = f"ComfyUI {comfyui_version() or '(not found)'} at {comfyui_path()}"
         gated = f" (feature-gated skips: {', '.join(sorted(self.gated))})" if self.gated else ""
         return f"ComfyUI tier, {where}: {counts}{gated}"
 
@@ -135,7 +138,7 @@ def _required() -> list[str]:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     write = terminalreporter.write_line
-    if _in_scope(config, "comfyui") and not comfyui_available():
+    if (_in_scope(config, "comfyui") or _in_scope(config, "browser")) and not comfyui_available():
         write(f"!!! ComfyUI NOT FOUND at {comfyui_path()}: NO ComfyUI test ran.", red=True, bold=True)
         write("!!! Fix: run `bash scripts/setup.sh`, or set COMFYUI_PATH to a ComfyUI checkout.", red=True)
     for name, tier in _TIERS.items():

@@ -9,6 +9,7 @@ exactly what ``ApplyRAUNet`` + ``ApplyMSWMSAAttention`` would with the logged in
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from ..core.measured import SCHEDULE_NAMES
 from ..core.official import aggressive_by_default
 from ..core.plan import AutoPlan, plan_for
 from ..core.unet_map import Family
-from ..core.windows import OFFICIAL_GRID, parse_window_grid
+from ..core.windows import parse_window_grid
 from ..log import logger
 from . import msw_msa, raunet
 from .model_info import default_native_latent, in_channels_of, is_edm_eps, unet_map_of
@@ -41,8 +42,8 @@ ADVANCED_KEYS = {
     "aggressive": "SDXL below 4096px: RAD first, then pooling (default: true, except for inpainting UNets "
     "and Playground v2.5-style EDM models)",
     "text_to_image_controlnet": "true: the official SDXL ControlNet schedule (pooling until 50% instead of 40%)",
-    "window_grid": "MSW-MSA's grid of windows: 2x2 (the official method, default), native (no window larger "
-    "than the native token grid) or RxC",
+    "window_grid": "MSW-MSA's grid of windows: 2x2 (the official method), native (no window larger than the "
+    "native token grid) or RxC (default: native with the measured SDXL schedule, 2x2 otherwise)",
     "verbose": "true: also log each effect's settings",
 }
 
@@ -56,7 +57,8 @@ class AutoOptions:
     turbo: bool = False
     aggressive: bool | None = None
     text_to_image_controlnet: bool = False
-    window_grid: str = OFFICIAL_GRID
+    window_grid: str | None = None
+    """None: the schedule's own (:attr:`~hidiff.core.official.Schedule.window_grid`); else it replaces that."""
     verbose: bool = False
 
 
@@ -120,6 +122,8 @@ def make_plan(
         )
     except ValueError as exc:
         raise ParameterError(f"HiDiffusion: {exc}") from None
+    if options.window_grid is not None and plan.schedule is not None:
+        plan = dataclasses.replace(plan, schedule=dataclasses.replace(plan.schedule, window_grid=options.window_grid))
     return plan, options
 
 
@@ -134,7 +138,7 @@ def apply_plan(
         yaml = "verbose: true" if options.verbose else None
         patched = raunet.apply_raunet(patched, raunet.build_settings(yaml, **inputs))
     if use_msw_msa and (plan.msw_input_blocks or plan.msw_output_blocks):
-        inputs = dict(plan.msw_inputs(), verbose=options.verbose, window_grid=options.window_grid)
+        inputs = dict(plan.msw_inputs(), verbose=options.verbose)
         # the native window grid follows the plan's native size (the user's, else the model's)
         inputs["native_resolution"] = plan.native_latent * 8
         patched = msw_msa.apply_msw_msa(patched, msw_msa.build_settings(None, **inputs))

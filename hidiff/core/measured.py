@@ -11,6 +11,9 @@ size, gave 12 % at 2x, 50 % at 3x and 4x (ApplyRAUNet, 8 seeds). Adding the pool
 gave as many or more (62-75 %), ending RAD at 0.3 instead of 0.45-0.6 gave 50 % at 2x. So
 for SDXL the measured schedule is RAD there for the first half of sampling and no pooling;
 through the auto node it gave 6 % at 2x (16 seeds), 25 % at 3x and 50 % at 4x (8 seeds).
+Its MSW-MSA windows are no larger than the native token grid (``window_grid: native``, 3x3
+and 4x4 windows at 3x and 4x once RAD has ended): the same duplicates, subjects and
+malformed rates as the official 2x2 at 3x and 4x (8 seeds), with fewer attention FLOPs.
 SD1.x, SDXL-Turbo and non-aggressive runs (inpainting, Playground) keep the official
 schedule, which the lab has not measured against anything better. ``schedule: official`` in the advanced YAML gives the
 official schedule everywhere.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 from .official import Schedule, StepWindow
 from .unet_map import Family
+from .windows import NATIVE_GRID
 
 SCHEDULE_NAMES = ("measured", "official")
 """The values of the auto node's ``schedule`` option; the first is the default."""
@@ -31,6 +35,10 @@ MEASURED_SDXL_RAD = StepWindow(0.0, 0.5)
 duplicates ending at 0.45, 0.5 or 0.6, 50 % ending at 0.3)."""
 MEASURED_SDXL_RAD_LEVEL = 0
 """The level whose Downsample becomes RAD: the first (SDXL's official level is 1)."""
+MEASURED_SDXL_WINDOW_GRID = NATIVE_GRID
+"""MSW-MSA windows no larger than the native token grid (lab, 8 seeds, with this RAD: the same
+duplicates, subjects and malformed rates as 2x2 at 3x and 4x the side; docs/quality.md).
+At or below twice the native side it is the official 2x2."""
 
 
 def schedule_for(name: str, official: Schedule, family: Family, *, turbo: bool, aggressive: bool) -> Schedule:
@@ -50,4 +58,5 @@ def schedule_for(name: str, official: Schedule, family: Family, *, turbo: bool, 
         pool=None,
         rad_level=MEASURED_SDXL_RAD_LEVEL,
         pool_level=official.pool_level,
+        window_grid=MEASURED_SDXL_WINDOW_GRID,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .unet_map import Family
+from .windows import OFFICIAL_GRID
 
 AGGRESSIVE_STEP = 8 / 50
 """SDXL below 4096 px: RAD for the first 8 of 50 steps, then pooling (``aggressive_step``)."""
@@ -58,14 +59,16 @@ FAMILY_TRAITS = {
 @dataclass(frozen=True)
 class Schedule:
     """The switching for one run: a key (the official ratio table's, or the measured
-    schedule's), the step windows of RAD/RAU and of the pooling (None = never), and the
-    levels they act at (the family's official ones unless a schedule moves them)."""
+    schedule's), the step windows of RAD/RAU and of the pooling (None = never), the
+    levels they act at (the family's official ones unless a schedule moves them) and
+    MSW-MSA's grid of windows (the official 2x2 unless a schedule changes it)."""
 
     key: str
     rad: StepWindow | None
     pool: StepWindow | None
     rad_level: int
     pool_level: int
+    window_grid: str = OFFICIAL_GRID
 
 
 INPAINTING_IN_CHANNELS = 9

@@ -17,6 +17,7 @@ from .cost import BlockCost, estimate_flops
 from .measured import SCHEDULE_NAMES, schedule_for
 from .official import FAMILY_TRAITS, Schedule, StepWindow, official_schedule
 from .unet_map import FAMILY_NAMES, Family, UNetMap
+from .windows import OFFICIAL_GRID
 
 OFF = (1.0, 1.0)
 """A percent range that switches a part off (a start at the end of sampling)."""
@@ -72,7 +73,8 @@ class AutoPlan:
         }
 
     def msw_inputs(self) -> dict:
-        """``ApplyMSWMSAAttention`` inputs that do the same (official: every step)."""
+        """``ApplyMSWMSAAttention`` inputs that do the same (official: every step; ``window_grid``
+        is its YAML key)."""
         return {
             "input_blocks": _blocks(self.msw_input_blocks),
             "middle_blocks": "",
@@ -80,6 +82,7 @@ class AutoPlan:
             "time_mode": "percent",
             "start_time": 0.0,
             "end_time": 1.0,
+            "window_grid": self.schedule.window_grid if self.schedule else OFFICIAL_GRID,
         }
 
     def flop_lines(self, costs: dict[tuple[str, int], BlockCost]) -> list[str]:
@@ -120,7 +123,10 @@ class AutoPlan:
                 f"  CA pool: input {raunet['ca_input_blocks']} -> output {raunet['ca_output_blocks']}, "
                 f"percent {raunet['ca_start_time']:g}-{raunet['ca_end_time']:g}"
             )
-        lines.append(f"  MSW-MSA: input {msw['input_blocks']} / output {msw['output_blocks']}, every step")
+        lines.append(
+            f"  MSW-MSA: input {msw['input_blocks']} / output {msw['output_blocks']}, every step, "
+            f"window_grid {msw['window_grid']}"
+        )
         for phase in self.phases:
             sizes = ", ".join(f"L{level} {w}x{h}" for level, (h, w) in enumerate(phase.sizes))
             lines.append(f"  feature maps, width x height ({phase.label}): {sizes}")

@@ -96,10 +96,14 @@ def _raunet_simple(res_mode: str) -> Callable[[Any, int, int, int], Any]:
     return patch
 
 
-def _auto(schedule: str, window_grid: str = "2x2", raunet: bool = True) -> Callable[[Any, int, int, int], Any]:
+def _auto(schedule: str, window_grid: str | None = None, raunet: bool = True) -> Callable[[Any, int, int, int], Any]:
+    """The auto node told the lab model's native size; ``window_grid`` None keeps the node's default."""
+
     def patch(model: Any, native: int, height: int, width: int) -> Any:
         node = _node("ApplyHiDiffusion")
-        advanced = f"native_resolution: {native * 8}\nschedule: {schedule}\nwindow_grid: {window_grid}"
+        advanced = f"native_resolution: {native * 8}\nschedule: {schedule}"
+        if window_grid is not None:
+            advanced += f"\nwindow_grid: {window_grid}"
         return _result(
             node.execute(
                 model=model, width=width * 8, height=height * 8, raunet=raunet, msw_msa=True, advanced=advanced
@@ -118,8 +122,9 @@ CONFIGS: tuple[Config, ...] = (
     Config("raunet_ultra", "RAU-Net Simple ultra", _raunet_simple("ultra")),
     Config("auto", "HiDiffusion (auto node)", _auto("measured")),
     Config("auto_official", "HiDiffusion (auto node, schedule: official)", _auto("official")),
+    Config("auto_2x2", "HiDiffusion (auto node, window_grid: 2x2)", _auto("measured", "2x2")),
     Config("auto_native", "HiDiffusion (auto node, window_grid: native)", _auto("measured", "native")),
-    Config("auto_msw", "auto node, MSW-MSA only (2x2 windows)", _auto("measured", raunet=False)),
+    Config("auto_msw", "auto node, MSW-MSA only, window_grid: 2x2", _auto("measured", "2x2", raunet=False)),
     Config("auto_msw_native", "auto node, MSW-MSA only, window_grid: native", _auto("measured", "native", False)),
     Config("hires_fix", f"native + upscale + {HIRES_DENOISE} denoise", hires=True),
 )

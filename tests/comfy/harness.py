@@ -33,6 +33,17 @@ def needs_feature(feature: str, present: bool):
     return pytest.mark.skipif(not present, reason=f"{FEATURE_SKIP} {feature}")
 
 
+def pinned_frontend_version() -> str | None:
+    """The comfyui-frontend-package version the running ComfyUI's requirements.txt pins."""
+    import re
+
+    requirements = comfyui_path() / "requirements.txt"
+    if not requirements.is_file():
+        return None
+    match = re.search(r"^comfyui-frontend-package==([0-9.]+)", requirements.read_text(), re.MULTILINE)
+    return match.group(1) if match else None
+
+
 THIRD_PARTY = Path(os.environ.get("HIDIFF_THIRD_PARTY", Path.home() / "comfy" / "third_party"))
 """Where scripts/setup.sh lays out the third-party packs the compatibility tests run with."""
 

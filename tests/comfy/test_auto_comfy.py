@@ -242,22 +242,27 @@ def test_inspect_flop_estimate_agrees_with_a_counted_call(pack):
 
 
 @pytest.mark.parametrize(
-    ("advanced", "grid", "side"),
+    ("family", "advanced", "grid", "side"),
     [
-        (None, "2x2", None),
-        ("window_grid: native", "native", 64),
-        ("window_grid: native\nnative_resolution: 1024", "native", 128),
-        ("window_grid: 4X3", "4x3", None),
+        ("sd15", None, "2x2", None),  # SD1.x keeps the official schedule, and its windows
+        ("sd15", "window_grid: native", "native", 64),
+        ("sd15", "window_grid: native\nnative_resolution: 1024", "native", 128),
+        ("sd15", "window_grid: 4X3", "4x3", None),
+        ("sdxl", None, "native", 64),  # the measured SDXL schedule's windows (quality lab)
+        ("sdxl", "window_grid: 2x2", "2x2", None),
+        ("sdxl", "schedule: official", "2x2", None),
     ],
 )
-def test_the_window_grid_reaches_msw_msa_with_the_plans_native_size(pack, advanced, grid, side):
-    patched = auto(pack, tiny_model("sd15"), 2048, 2048, advanced)
+def test_the_window_grid_reaches_msw_msa_with_the_plans_native_size(pack, family, advanced, grid, side):
+    patched = auto(pack, tiny_model(family), 2048, 2048, advanced)
     patches = {p for p in replaces_of(patched).values() if type(p).__name__ == "MswMsaAttention"}
     assert len(patches) == 1
     patch = patches.pop()
     assert patch.window_grid == grid
     if side is not None:
-        assert set(patch.native_sides.values()) == {side}  # the windowed blocks are all on level 0
+        assert set(patch.native_sides.values()) == {side}  # the windowed blocks are all on one level
+    report = pack["HiDiffusionInspect"].execute(model=tiny_model(family), width=2048, height=2048, advanced=advanced)
+    assert f"every step, window_grid {grid}\n" in report.result[0]  # what it applies is what it reports
 
 
 def test_a_bad_window_grid_in_advanced_is_refused_naming_it(pack):

@@ -4,74 +4,16 @@ validation error in node_errors instead of a crash."""
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
-from harness import REPO_ROOT, comfyui_path
-
-SERVER_PACK = Path(__file__).parent / "server_pack"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(url: str, payload: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
-    data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+from comfy_server import http, running_server, wait_for_history
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "hidiffusion").symlink_to(REPO_ROOT, target_is_directory=True)
-    (base / "custom_nodes" / "hidiffusion_test_pack").symlink_to(SERVER_PACK, target_is_directory=True)
-    frontend = base / "frontend"
-    frontend.mkdir()
-    (frontend / "index.html").write_text("<html></html>")
-    port = free_port()
-    log = open(base / "server.log", "w")  # noqa: SIM115 (closed in teardown)
-    process = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--base-directory", str(base), "--front-end-root", str(frontend), "--disable-api-nodes"],
-        cwd=comfyui_path(), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            if http(f"{url}/object_info/KSampler", timeout=5)[0] == 200:
-                break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            log.close()
-            pytest.fail(f"ComfyUI server did not start:\n{(base / 'server.log').read_text()[-4000:]}")
-        time.sleep(1)
-    yield url, base
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    with running_server(tmp_path_factory.mktemp("comfy_base")) as running:
+        yield running
 
 
 def prompt(input_blocks: str = "1,2") -> dict:
@@ -113,7 +55,7 @@ def prompt(input_blocks: str = "1,2") -> dict:
 
 
 def test_nodes_are_served_with_tooltips(server):
-    url, _ = server
+    url = server.url
     _, core = http(f"{url}/object_info/PatchModelAddDownscale")
     deep_shrink = core["PatchModelAddDownscale"]["category"]  # next to core's Deep Shrink in every version
     assert deep_shrink in ("model_patches/unet", "model/patch/unet")
@@ -126,26 +68,19 @@ def test_nodes_are_served_with_tooltips(server):
 
 
 def test_prompt_runs_to_success(server):
-    url, base = server
+    url = server.url
     status, reply = http(f"{url}/prompt", {"prompt": prompt(), "client_id": str(uuid.uuid4())})
     assert status == 200 and not reply.get("node_errors"), reply
-    prompt_id = reply["prompt_id"]
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        _, history = http(f"{url}/history/{prompt_id}")
-        if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
-            break
-        time.sleep(1)
-    entry = history[prompt_id]
+    entry = wait_for_history(server, reply["prompt_id"])
     assert entry["status"]["status_str"] == "success", entry["status"]
-    assert list((base / "output").glob("e2e*.latent"))
-    log = (base / "server.log").read_text()
+    assert list((server.base / "output").glob("e2e*.latent"))
+    log = server.log
     assert "ApplyMSWMSAAttentionSimple: Using preset SD15" in log
     assert "IMPORT FAILED" not in log.split("Import times for custom nodes:")[-1].split("\n\n")[0]
 
 
 def test_bad_input_is_a_validation_error_not_a_crash(server):
-    url, _ = server
+    url = server.url
     status, reply = http(f"{url}/prompt", {"prompt": prompt(input_blocks="3,x"), "client_id": str(uuid.uuid4())})
     assert status == 400
     errors = reply["node_errors"]["2"]["errors"]

@@ -25,8 +25,9 @@ from pathlib import Path
 import node_settings
 import pytest
 import torch
+from comfy_server import http
 from harness import conditioning, load_pack, tiny_controlnet, tiny_model
-from test_server_e2e import http, server  # noqa: F401 (the module's server fixture)
+from test_server_e2e import server  # noqa: F401 (the module's server fixture)
 
 logger = logging.getLogger("hidiffusion.tests")
 MEMORY_BOUND_MB = 200
@@ -231,7 +232,7 @@ def _run_error(entry: dict) -> dict:
 
 
 def test_a_mixed_queue_of_good_and_malformed_prompts(server):  # noqa: F811 (the fixture)
-    url, base = server
+    url, base = server.url, server.base
     pid = _server_pid(url)
     client = str(uuid.uuid4())
     warm_ids = []

@@ -54,7 +54,7 @@ def frontend_root() -> Path:
     return static
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from comfy_server import running_server
 
@@ -67,8 +67,11 @@ def server(tmp_path_factory):
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium, for one test module: Playwright's sync API holds an asyncio loop as the
+    thread's running loop while it is alive, and the ComfyUI tier's ``asyncio.run`` (the
+    custom-node loader) refuses to start inside one, so it must end with the module."""
     if not CHROMIUM.is_file():
         pytest.skip(
             f"no Chromium at {CHROMIUM}: install Debian's chromium (scripts/setup.sh does) or set HIDIFF_CHROMIUM"

@@ -305,12 +305,3 @@ class ComfyPage:
             "n => app.graph._nodes.length === n", arg=len(json.loads(path.read_text())["nodes"]), timeout=30000
         )
         time.sleep(0.5)
-
-
-def text_of(markdown_file: Path) -> list[str]:
-    """Plain phrases of a markdown page a renderer must show (headings and first words of paragraphs)."""
-    phrases = []
-    for line in markdown_file.read_text().splitlines():
-        if line.startswith("#"):
-            phrases.append(line.lstrip("#").strip())
-    return [re.sub(r"[`*_]", "", phrase) for phrase in phrases if phrase]

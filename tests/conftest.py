@@ -8,7 +8,7 @@ frontend in headless Chromium; its line names the ComfyUI and frontend versions)
 lacks; those are named on the ComfyUI line.
 
 ``HIDIFF_OUTCOMES`` (a file path) writes the outcome of every compatibility test
-(``tests/comfy/test_compat_comfy.py``, one per test function: failed over skipped over
+(``tests/comfy/test_compat_*.py``, one per test function: failed over skipped over
 passed across its parameters) and the ComfyUI version as JSON, from which
 ``scripts/make_compat_table.py`` writes docs/compatibility.md.
 
@@ -67,14 +67,16 @@ class Tier:
 
 
 _TIERS = {name: Tier(name) for name in TIER_DIRS}
-COMPAT_TESTS = TESTS / "comfy" / "test_compat_comfy.py"
+COMPAT_TESTS = "test_compat_"
+"""Start of the names of the compatibility test files (``tests/comfy/test_compat_<area>.py``)."""
 _COMPAT_OUTCOMES: dict[str, str] = {}
 _RANK = {"passed": 0, "skipped": 1, "failed": 2}
 
 
 def _record_compat(report: pytest.TestReport) -> None:
     """The worst outcome so far of the compatibility test ``report`` belongs to."""
-    if Path(report.fspath).resolve() != COMPAT_TESTS:
+    path = Path(report.fspath).resolve()
+    if path.parent != TESTS / "comfy" or not path.name.startswith(COMPAT_TESTS):
         return
     name = report.nodeid.split("::")[-1].split("[")[0]
     outcome = report.outcome

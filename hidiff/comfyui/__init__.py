@@ -1,17 +1,21 @@
 """ComfyUI adapter: V3 nodes and their wiring through ModelPatcher patches and wrappers.
 
 Modules:
-    nodes           the extension entry point: the node classes of the modules below.
-    auto_nodes      ApplyHiDiffusion and HiDiffusionInspect (plan from the model and the size).
-    raunet_nodes    ApplyRAUNet and ApplyRAUNetSimple.
-    msw_msa_nodes   ApplyMSWMSAAttention and ApplyMSWMSAAttentionSimple.
-    node_common     what the nodes share: category, schema extras, tooltips, queue-time checks.
-    raunet          RAU-Net as Downsample/Upsample handlers and block patches.
-    msw_msa         MSW-MSA as an attn1 replace patch.
-    controlnet      ControlNet / T2I-Adapter residuals fitted to RAU-Net's shrunk maps.
-    interop         other nodes RAU-Net refuses or warns about (Deep Shrink, SAG, FreeU V2, SUPIR).
-    patch_base      the effect tags and clone semantics every patch object shares.
-    run_state       per-run state via an OUTER_SAMPLE wrapper (seeded shifts, once-per-run messages).
-    params          YAML overrides and input checks.
-    model_info      reading the loaded model's structure and sigma scale.
+    nodes             the extension entry point: the node classes of the modules below.
+    auto_nodes        ApplyHiDiffusion and HiDiffusionInspect (plan from the model and the size).
+    raunet_nodes      ApplyRAUNet and ApplyRAUNetSimple.
+    msw_msa_nodes     ApplyMSWMSAAttention and ApplyMSWMSAAttentionSimple.
+    node_common       what the nodes share: category, schema, aliases, tooltips, family choice.
+    raunet_settings   RAU-Net's parameters, each declared once, and building its checked settings.
+    msw_msa_settings  MSW-MSA's parameters, each declared once, and building its checked settings.
+    params            the parameter declarations (Parameter, ParameterSet), YAML overrides, value checks.
+    blocks            parsing the comma block lists users type.
+    raunet            RAU-Net as Downsample/Upsample handlers and block patches; the pair checks.
+    msw_msa           MSW-MSA as an attn1 replace patch.
+    resampling        the resize methods offered (ours, then ComfyUI-bleh's) and their seeded host.
+    controlnet        ControlNet / T2I-Adapter residuals fitted to RAU-Net's shrunk maps.
+    interop           other nodes RAU-Net refuses or warns about (Deep Shrink, SAG, FreeU V2, SUPIR).
+    patch_base        the effect tags and clone semantics every patch object shares.
+    run_state         per-run state via an OUTER_SAMPLE wrapper (seeded shifts, once-per-run messages).
+    model_info        reading the loaded model's structure and sigma scale.
 """

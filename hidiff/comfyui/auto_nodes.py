@@ -24,8 +24,9 @@ from ..core.windows import parse_window_grid
 from ..log import logger
 from . import msw_msa, raunet
 from .model_info import default_native_latent, in_channels_of, is_edm_eps, unet_map_of
-from .node_common import ADVANCED, CATEGORY, SEARCH_ALIASES, schema, validation_message
+from .node_common import schema
 from .params import (
+    ADVANCED,
     ParameterError,
     naming_the_yaml,
     parse_yaml_parameters,
@@ -134,14 +135,9 @@ def apply_plan(
     patched = model
     options = options or AutoOptions()
     if use_raunet and (plan.rad_pair or plan.pool_pair):
-        inputs = plan.raunet_inputs()
-        yaml = "verbose: true" if options.verbose else None
-        patched = raunet.apply_raunet(patched, raunet.build_settings(yaml, **inputs))
+        patched = raunet.apply_raunet(patched, plan.raunet_settings(verbose=options.verbose))
     if use_msw_msa and (plan.msw_input_blocks or plan.msw_output_blocks):
-        inputs = dict(plan.msw_inputs(), verbose=options.verbose)
-        # the native window grid follows the plan's native size (the user's, else the model's)
-        inputs["native_resolution"] = plan.native_latent * 8
-        patched = msw_msa.apply_msw_msa(patched, msw_msa.build_settings(None, **inputs))
+        patched = msw_msa.apply_msw_msa(patched, plan.msw_settings(verbose=options.verbose))
     return patched
 
 
@@ -177,21 +173,18 @@ _ADVANCED_INPUT = io.String.Input(
 
 
 class ApplyHiDiffusion(io.ComfyNode):
-    """HiDiffusion for the model and size at hand, with no block knowledge needed."""
+    """HiDiffusion with no block knowledge: reads the model's structure and native size,
+    compares it with the target size and applies MSW-MSA and a RAU-Net schedule: for SDXL the
+    one the quality lab measured, otherwise (or with schedule: official) the official one. At or
+    below the native size it does nothing and says so.
+    """
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         return schema(
+            cls,
             node_id="ApplyHiDiffusion",
-            search_aliases=SEARCH_ALIASES["ApplyHiDiffusion"],
             display_name="HiDiffusion",
-            category=CATEGORY,
-            description=(
-                "HiDiffusion with no block knowledge: reads the model's structure and native size, compares it with "
-                "the target size and applies MSW-MSA and a RAU-Net schedule: for SDXL the one the quality lab "
-                "measured, otherwise (or with schedule: official) the official one. At or below the native size it "
-                "does nothing and says so."
-            ),
             inputs=[
                 io.Model.Input("model", tooltip="SD1.x, SD2.x or SDXL model; it is never changed."),
                 *_SIZE_INPUTS,
@@ -211,7 +204,11 @@ class ApplyHiDiffusion(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, advanced: str | None = "") -> bool | str:
-        return validation_message(lambda advanced: parse_advanced(advanced), {"advanced": advanced or ""})
+        try:
+            parse_advanced(advanced or "")
+        except ValueError as exc:
+            return str(exc)
+        return True
 
     @classmethod
     def execute(
@@ -232,19 +229,16 @@ class ApplyHiDiffusion(io.ComfyNode):
 
 
 class HiDiffusionInspect(io.ComfyNode):
-    """What HiDiffusion would do for this model and size: blocks, times, feature-map sizes."""
+    """Shows, for the loaded model and a size, which blocks each HiDiffusion effect touches, at
+    which sampling percents, and the feature-map size of every level in each phase.
+    """
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         return schema(
+            cls,
             node_id="HiDiffusionInspect",
-            search_aliases=SEARCH_ALIASES["HiDiffusionInspect"],
             display_name="HiDiffusion Inspect",
-            category=CATEGORY,
-            description=(
-                "Shows, for the loaded model and a size, which blocks each HiDiffusion effect touches, at which "
-                "sampling percents, and the feature-map size of every level in each phase."
-            ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to inspect."),
                 *_SIZE_INPUTS,

@@ -35,7 +35,6 @@ from .run_state import install_run_state, run_state, sigma_of
 EFFECT = CONTROLNET
 STASH_KEY = "hidiffusion_control_stash"
 DISABLE_ENV = ("JANKHIDIFFUSION_DISABLE_CONTROLNET_WORKAROUND", "JANKHIDIFFUSION_NO_CONTROLNET_WORKAROUND")
-DEFAULT_RESIZE_MODE = "bicubic"
 
 
 MIDDLE_PATCH = "middle_block_after_patch"

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from ..core.blocks import format_block_list
 from ..core.raunet import downscaled_size, rad_size
 from ..core.schedule import SigmaRange
 from ..log import logger
+from .blocks import format_block_list
 from .params import ParameterError
 from .patch_base import CONTROLNET, RAUNET, SharedPatch, effect_of
 from .run_state import RunState, run_state, sigma_of

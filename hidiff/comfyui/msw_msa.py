@@ -11,104 +11,33 @@ very same attention call as an unpatched model.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import comfy.ldm.modules.attention as comfy_attention
 import torch
 
-from ..core.blocks import format_block_list, parse_block_list
-from ..core.schedule import TIME_MODES, SigmaRange, sigma_range
+from ..core.schedule import SigmaRange, sigma_range
+from ..core.settings import MswMsaSettings
 from ..core.unet_map import UNetMap
 from ..core.windows import (
     NATIVE_GRID,
     OFFICIAL_GRID,
     WindowLayout,
     grid_of_windows,
-    parse_window_grid,
     window_layout,
     windowed_attention,
 )
 from ..log import logger
+from .blocks import format_block_list
 from .model_info import default_native_latent, percent_to_sigma, unet_map_of
 from .params import (
     ParameterError,
-    naming_the_yaml,
-    parse_yaml_parameters,
-    require_bool,
-    require_choice,
-    require_native_resolution,
-    require_number,
 )
 from .patch_base import MSW_MSA, SharedPatch, effect_of
 from .run_state import RunState, install_run_state, run_state, sigma_of
 
 EFFECT = MSW_MSA
 BLOCK_KINDS = ("input", "middle", "output")
-SHIFT_MODES = ("distinct", "independent", "none")
-
-YAML_KEYS = {
-    "input_blocks": "input blocks to window, e.g. '1,2' or [1, 2]",
-    "middle_blocks": "middle blocks to window ('0' or empty)",
-    "output_blocks": "output blocks to window, e.g. '9,10,11'",
-    "time_mode": f"one of {', '.join(TIME_MODES)}",
-    "start_time": "when windowing starts (inclusive)",
-    "end_time": "when windowing ends (inclusive)",
-    "shift_mode": "distinct (default: the windows move every step), independent (official i.i.d. shifts) or none",
-    "window_grid": "2x2 (the official method, default), native (windows no larger than the model's native "
-    "token grid: more windows above twice the native side) or RxC windows, e.g. 4x4",
-    "native_resolution": "the model's native size in pixels, for window_grid: native "
-    "(default: from the model: SD1.x 512, SD2.x-v 768, SDXL 1024)",
-    "verbose": "true to log the window layout of each block once per run",
-}
-
-
-@dataclass(frozen=True)
-class MswMsaSettings:
-    """Checked settings of one MSW-MSA application, before they meet a model."""
-
-    input_blocks: tuple[int, ...]
-    middle_blocks: tuple[int, ...]
-    output_blocks: tuple[int, ...]
-    time_mode: str
-    start_time: float
-    end_time: float
-    shift_mode: str = "distinct"
-    verbose: bool = False
-    window_grid: str = OFFICIAL_GRID
-    native_resolution: int | None = None
-
-    def blocks(self, kind: str) -> tuple[int, ...]:
-        """The chosen blocks of one kind."""
-        return {"input": self.input_blocks, "middle": self.middle_blocks, "output": self.output_blocks}[kind]
-
-
-def build_settings(yaml_parameters: str | None = None, **inputs: Any) -> MswMsaSettings:
-    """Merge the node inputs with ``yaml_parameters`` and check every value.
-
-    Raises :class:`ParameterError` (or a subclass of ValueError) naming the input. Time
-    bounds and their order are checked here already; the model's own sigma scale is
-    applied later, by :func:`apply_msw_msa`.
-    """
-    overrides = parse_yaml_parameters(yaml_parameters, YAML_KEYS)
-    values = {**inputs, **overrides}
-    with naming_the_yaml(overrides):
-        settings = MswMsaSettings(
-            input_blocks=parse_block_list("input_blocks", values.get("input_blocks", "")),
-            middle_blocks=parse_block_list("middle_blocks", values.get("middle_blocks", "")),
-            output_blocks=parse_block_list("output_blocks", values.get("output_blocks", "")),
-            time_mode=require_choice("time_mode", values.get("time_mode", "percent"), TIME_MODES),
-            start_time=require_number("start_time", values.get("start_time", 0.0)),
-            end_time=require_number("end_time", values.get("end_time", 1.0)),
-            shift_mode=require_choice("shift_mode", values.get("shift_mode", "distinct"), SHIFT_MODES),
-            verbose=require_bool("verbose", values.get("verbose", False)),
-            window_grid=parse_window_grid(values.get("window_grid", OFFICIAL_GRID)),
-            native_resolution=require_native_resolution(values.get("native_resolution")),
-        )
-        # Any decreasing map keeps the order of percents, so bounds and order can be checked
-        # without a model.
-        sigma_range(settings.time_mode, settings.start_time, settings.end_time, lambda p: 1.0 - p)
-    return settings
 
 
 class MswMsaAttention(SharedPatch):

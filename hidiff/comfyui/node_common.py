@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any
 
 from comfy_api.latest import io
 
 from ..core.presets import PresetPlacementError
+from ..core.schedule import TIME_MODES
 from ..core.unet_map import FAMILY_NAMES, Family
 from .model_info import unet_map_of
-from .params import ParameterError
+from .params import ADVANCED, Parameter, ParameterError, choice
 
 _OLD_UNET_CATEGORY = "model_patches/unet"
 
@@ -35,12 +35,18 @@ _SCHEMA_FIELDS = frozenset(field.name for field in dataclasses.fields(io.Schema)
 _NEWER_SCHEMA_FIELDS = frozenset({"search_aliases"})
 """Schema fields that ComfyUI 0.3.64 does not know (its Schema refuses unknown keywords)."""
 
-ADVANCED = {"advanced": True} if "advanced" in inspect.signature(io.String.Input.__init__).parameters else {}
-"""Keyword for inputs the frontend may fold away as advanced, where ComfyUI has the flag (v0.10.0 and newer)."""
 
-
-def schema(**fields: Any) -> io.Schema:
-    """An ``io.Schema``, with the newer optional fields only where the running ComfyUI knows them."""
+def schema(node: type, node_id: str, **fields: Any) -> io.Schema:
+    """The ``io.Schema`` of one of our nodes: its docstring is the description users read, it
+    sits in :data:`CATEGORY` with its :data:`SEARCH_ALIASES`, and the newer optional fields
+    are set only where the running ComfyUI knows them."""
+    fields = {
+        "node_id": node_id,
+        "description": " ".join((node.__doc__ or "").split()),
+        "category": CATEGORY,
+        "search_aliases": SEARCH_ALIASES[node_id],
+        **fields,
+    }
     return io.Schema(
         **{name: value for name, value in fields.items() if name not in _NEWER_SCHEMA_FIELDS or name in _SCHEMA_FIELDS}
     )
@@ -67,18 +73,19 @@ YAML_TOOLTIP = (
 )
 
 
-def validation_message(build: Any, inputs: dict[str, Any]) -> bool | str:
-    """Run a settings builder on the widget values known at queue time.
+def time_mode_parameter() -> Parameter:
+    """``time_mode``, as every node with times declares it."""
+    return choice("time_mode", "percent", lambda: TIME_MODES, f"one of {', '.join(TIME_MODES)}", TIME_TOOLTIP)
 
-    Linked inputs are not known yet (ComfyUI passes None); they are checked in execute.
-    """
-    if any(value is None for value in inputs.values()):
-        return True
-    try:
-        build(**inputs)
-    except ValueError as exc:
-        return str(exc)
-    return True
+
+def model_input() -> Any:
+    """The model socket of the nodes that patch a model."""
+    return io.Model.Input("model", tooltip="Model to patch; the input model itself is never changed.")
+
+
+def yaml_parameters_input(tooltip: str = YAML_TOOLTIP) -> Any:
+    """The optional ``yaml_parameters`` text of the advanced nodes, always their last input."""
+    return io.String.Input("yaml_parameters", optional=True, multiline=True, default="", tooltip=tooltip, **ADVANCED)
 
 
 def resolve_family(node: str, model_type: str, model: Any) -> Family:

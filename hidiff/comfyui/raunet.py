@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -37,24 +36,21 @@ import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample, forward_timestep_embed
 from comfy.patcher_extension import WrappersMP
 
-from ..core.blocks import format_block_list, parse_block_list
 from ..core.raunet import (
-    CA_DOWNSCALE_METHODS,
-    TWO_STAGE_MODES,
-    UPSCALE_METHODS,
     ca_downscale,
     faded_factor,
     fadeout_strength,
-    is_whole,
     resize,
     resolution_aware_downsample,
     sigma_to_percent,
     upscale,
 )
-from ..core.schedule import MAX_TIMESTEP, TIME_MODES, SigmaRange, TimeMode, sigma_range
+from ..core.schedule import MAX_TIMESTEP, SigmaRange, TimeMode, sigma_range
+from ..core.settings import RauNetSettings
 from ..core.unet_map import UNetMap
 from ..log import logger
-from .controlnet import DEFAULT_RESIZE_MODE, install_control_bridge, remove_control_bridge
+from .blocks import format_block_list
+from .controlnet import install_control_bridge, remove_control_bridge
 from .interop import (
     FTE_PATCH,
     MiddleBlockCheck,
@@ -66,208 +62,14 @@ from .interop import (
     warn_runtime_conflicts,
 )
 from .model_info import percent_to_sigma, unet_map_of
-from .params import (
-    ParameterError,
-    naming_the_yaml,
-    parse_yaml_parameters,
-    require_bool,
-    require_choice,
-    require_number,
-)
+from .params import ParameterError
 from .patch_base import RAUNET, SharedPatch, effect_of
-from .resampling import BLEH_NOTE, CallResampler, ca_downscale_methods, two_stage_modes, upscale_methods
+from .resampling import CallResampler
 from .run_state import install_run_state, run_state, sigma_of
 
 EFFECT = RAUNET
 
 _BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "output_block_patch")
-
-DEFAULTS: dict[str, Any] = {
-    "input_blocks": "3",
-    "output_blocks": "8",
-    "time_mode": "percent",
-    "start_time": 0.0,
-    "end_time": 0.45,
-    "upscale_mode": "bicubic",
-    "ca_start_time": 0.0,
-    "ca_end_time": 0.3,
-    "ca_input_blocks": "4",
-    "ca_output_blocks": "8",
-    "ca_upscale_mode": "bicubic",
-    "ca_downscale_mode": "avg_pool2d",
-    "ca_downscale_factor": 2.0,
-    "two_stage_upscale_mode": "disabled",
-    "ca_downscale_factor_w": None,
-    "ca_input_after_skip_mode": False,
-    "ca_fadeout_start_time": None,
-    "ca_fadeout_cap": 0.0,
-    "controlnet_resize_mode": DEFAULT_RESIZE_MODE,
-    "verbose": False,
-}
-"""The ApplyRAUNet node's defaults (the seed's for SD1.x, with the official avg_pool2d)."""
-
-YAML_KEYS = {
-    "input_blocks": "input Downsample blocks for RAD, e.g. '3' or [3]",
-    "output_blocks": "the paired output Upsample blocks for RAU, e.g. '8'",
-    "time_mode": f"one of {', '.join(TIME_MODES)}",
-    "start_time": "when RAD/RAU start (inclusive)",
-    "end_time": "when RAD/RAU end (inclusive)",
-    "upscale_mode": f"RAU resampling: {', '.join(UPSCALE_METHODS)}; {BLEH_NOTE}",
-    "ca_start_time": "when the CA downscale starts (inclusive)",
-    "ca_end_time": "when the CA downscale ends (inclusive)",
-    "ca_input_blocks": "input blocks after which the map is shrunk, e.g. '4'",
-    "ca_output_blocks": "the paired output blocks that restore it, e.g. '8'",
-    "ca_upscale_mode": f"CA restore resampling: {', '.join(UPSCALE_METHODS)}; {BLEH_NOTE}",
-    "ca_downscale_mode": f"CA downscale: {', '.join(CA_DOWNSCALE_METHODS)}; {BLEH_NOTE}",
-    "ca_downscale_factor": "CA downscale factor, at least 1 (whole numbers for avg_pool2d)",
-    "two_stage_upscale_mode": f"first half of the RAU resample: {', '.join(TWO_STAGE_MODES)}; {BLEH_NOTE}",
-    "ca_downscale_factor_w": "separate CA factor for the width (default: ca_downscale_factor)",
-    "ca_input_after_skip_mode": "true: shrink after the skip is stored (Deep Shrink style; pairs k -> n-1-k)",
-    "ca_fadeout_start_time": "time (time_mode units) from which the CA factor fades linearly to 1 at ca_end_time",
-    "ca_fadeout_cap": "0-1: the fade never goes below this fraction of the CA effect (default 0)",
-    "controlnet_resize_mode": f"how ControlNet/T2I residuals are fitted to shrunk maps: {', '.join(UPSCALE_METHODS)}",
-    "verbose": "true to log the settings and, once per run, every resize with its sizes",
-}
-
-
-YAML_ONLY_KEYS = (
-    "ca_downscale_factor_w",
-    "ca_input_after_skip_mode",
-    "ca_fadeout_start_time",
-    "ca_fadeout_cap",
-    "controlnet_resize_mode",
-    "verbose",
-)
-"""Advanced keys that have no widget."""
-
-
-@dataclass(frozen=True)
-class RauNetSettings:
-    """Checked settings of one RAU-Net application, before they meet a model."""
-
-    input_blocks: tuple[int, ...]
-    output_blocks: tuple[int, ...]
-    time_mode: str
-    start_time: float
-    end_time: float
-    upscale_mode: str
-    ca_start_time: float
-    ca_end_time: float
-    ca_input_blocks: tuple[int, ...]
-    ca_output_blocks: tuple[int, ...]
-    ca_upscale_mode: str
-    ca_downscale_mode: str
-    ca_downscale_factor: float
-    two_stage_upscale_mode: str = "disabled"
-    ca_downscale_factor_w: float | None = None
-    ca_input_after_skip_mode: bool = False
-    ca_fadeout_start_time: float | None = None
-    ca_fadeout_cap: float = 0.0
-    controlnet_resize_mode: str = DEFAULT_RESIZE_MODE
-    verbose: bool = False
-
-    @property
-    def factor_w(self) -> float:
-        """The CA width factor (the height factor unless set separately)."""
-        return self.ca_downscale_factor if self.ca_downscale_factor_w is None else self.ca_downscale_factor_w
-
-
-# --- settings ------------------------------------------------------------------------
-
-
-def build_settings(yaml_parameters: str | None = None, **inputs: Any) -> RauNetSettings:
-    """Merge node inputs, defaults and ``yaml_parameters``; check every value.
-
-    Raises :class:`ParameterError` (a ValueError) naming the input and its valid values.
-    Block pairs need the model and are checked by :func:`apply_raunet`.
-    """
-    overrides = parse_yaml_parameters(yaml_parameters, YAML_KEYS)
-    values = {**DEFAULTS, **inputs, **overrides}
-    with naming_the_yaml(overrides):
-        mode = require_choice("time_mode", values["time_mode"], TIME_MODES)
-        settings = RauNetSettings(
-            input_blocks=parse_block_list("input_blocks", values["input_blocks"]),
-            output_blocks=parse_block_list("output_blocks", values["output_blocks"]),
-            time_mode=mode,
-            start_time=require_number("start_time", values["start_time"]),
-            end_time=require_number("end_time", values["end_time"]),
-            upscale_mode=require_choice("upscale_mode", values["upscale_mode"], upscale_methods()),
-            ca_start_time=require_number("ca_start_time", values["ca_start_time"]),
-            ca_end_time=require_number("ca_end_time", values["ca_end_time"]),
-            ca_input_blocks=parse_block_list("ca_input_blocks", values["ca_input_blocks"]),
-            ca_output_blocks=parse_block_list("ca_output_blocks", values["ca_output_blocks"]),
-            ca_upscale_mode=require_choice("ca_upscale_mode", values["ca_upscale_mode"], upscale_methods()),
-            ca_downscale_mode=require_choice("ca_downscale_mode", values["ca_downscale_mode"], ca_downscale_methods()),
-            ca_downscale_factor=_factor("ca_downscale_factor", values["ca_downscale_factor"]),
-            two_stage_upscale_mode=require_choice(
-                "two_stage_upscale_mode", values["two_stage_upscale_mode"], two_stage_modes()
-            ),
-            ca_downscale_factor_w=_optional(_factor, "ca_downscale_factor_w", values["ca_downscale_factor_w"]),
-            ca_input_after_skip_mode=require_bool("ca_input_after_skip_mode", values["ca_input_after_skip_mode"]),
-            ca_fadeout_start_time=_optional(require_number, "ca_fadeout_start_time", values["ca_fadeout_start_time"]),
-            ca_fadeout_cap=_fraction("ca_fadeout_cap", values["ca_fadeout_cap"]),
-            controlnet_resize_mode=require_choice(
-                "controlnet_resize_mode", values["controlnet_resize_mode"], UPSCALE_METHODS
-            ),
-            verbose=require_bool("verbose", values["verbose"]),
-        )
-        _check_times(settings)
-        _check_pooling(settings)
-    return settings
-
-
-def _optional(check: Any, name: str, value: Any) -> Any:
-    return None if value is None else check(name, value)
-
-
-def _factor(name: str, value: Any) -> float:
-    factor = require_number(name, value)
-    if not (factor >= 1.0 and math.isfinite(factor)):
-        raise ParameterError(
-            f"{name} = {value!r} is not valid; it must be at least 1 (1 = no downscale, 2 = half size)"
-        )
-    return factor
-
-
-def _fraction(name: str, value: Any) -> float:
-    number = require_number(name, value)
-    if not 0.0 <= number <= 1.0:
-        raise ParameterError(f"{name} = {value!r} is out of range: it must be 0 to 1")
-    return number
-
-
-def _check_times(settings: RauNetSettings) -> None:
-    """Bounds and order of every time, without a model: any decreasing map keeps the order."""
-    mode = settings.time_mode
-    order = lambda p: 1.0 - p  # noqa: E731 (a stand-in for the model's percent_to_sigma)
-    sigma_range(mode, settings.start_time, settings.end_time, order)
-    ca = sigma_range(mode, settings.ca_start_time, settings.ca_end_time, order, names=("ca_start_time", "ca_end_time"))
-    fade = settings.ca_fadeout_start_time
-    if fade is None or ca.disabled:
-        return
-    sigma_range(mode, fade, fade, order, names=("ca_fadeout_start_time", "ca_fadeout_start_time"))
-    start, end = settings.ca_start_time, settings.ca_end_time
-    later = (lambda a, b: a > b) if mode == TimeMode.PERCENT else (lambda a, b: a < b)
-    if later(start, fade) or later(fade, end):
-        raise ParameterError(
-            f"ca_fadeout_start_time = {fade:g} must lie between ca_start_time = {start:g} and "
-            f"ca_end_time = {end:g} ({mode} mode)"
-        )
-
-
-def _check_pooling(settings: RauNetSettings) -> None:
-    if settings.ca_downscale_mode != "avg_pool2d":
-        return
-    for name, factor in (
-        ("ca_downscale_factor", settings.ca_downscale_factor),
-        ("ca_downscale_factor_w", settings.factor_w),
-    ):
-        if not is_whole(factor):
-            raise ParameterError(
-                f"{name} = {factor:g} must be a whole number with ca_downscale_mode avg_pool2d (its kernel); "
-                "use adaptive_avg_pool2d or a resampling method for fractional factors"
-            )
-
 
 # --- checks against the model ----------------------------------------------------------
 

@@ -3,11 +3,12 @@
 Modules:
     windows   MSW-MSA: 2x2 shifted-window self-attention, exact at every size.
     schedule  time ranges (percent / timestep / sigma) and the step of a sigma.
-    blocks    parsing the comma block lists users type.
     unet_map  reading block kinds, levels and pairs from a loaded UNet.
     raunet    RAU-Net's operators: RAD, RAU, CA downscale, fadeout.
+    settings  the typed settings of one RAU-Net and one MSW-MSA application.
     presets   the per-family settings of the Simple nodes, placed on the model's blocks.
     official  the official switching schedule per family and size.
-    plan      the automatic plan: native-size gate, blocks and percent ranges.
+    measured  the schedules the quality lab measured, and the choice between them and the official one.
+    plan      the automatic plan: native-size gate, blocks, phases and the settings of both effects.
     cost      an analytic FLOP estimate of one UNet call.
 """

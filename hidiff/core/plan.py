@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from .cost import BlockCost, estimate_flops
 from .measured import SCHEDULE_NAMES, schedule_for
 from .official import FAMILY_TRAITS, Schedule, StepWindow, official_schedule
+from .schedule import TimeMode
+from .settings import MswMsaSettings, RauNetSettings
 from .unet_map import FAMILY_NAMES, Family, UNetMap
 from .windows import OFFICIAL_GRID
 
@@ -33,7 +35,7 @@ class Phase:
 
 @dataclass(frozen=True)
 class AutoPlan:
-    """Everything the auto node does, in the inputs of the advanced nodes."""
+    """Everything the auto node does: blocks, phases, and the settings of both effects."""
 
     family: Family
     latent: tuple[int, int]
@@ -48,42 +50,44 @@ class AutoPlan:
     phases: tuple[Phase, ...] = field(default=())
     _unet: UNetMap | None = field(default=None, repr=False, compare=False)
 
-    def raunet_inputs(self) -> dict:
-        """``ApplyRAUNet`` inputs that do the same (official operators: nearest RAU,
-        avg_pool2d 2 with ceil and bicubic restore)."""
+    def raunet_settings(self, verbose: bool = False) -> RauNetSettings:
+        """RAU-Net settings that do the plan (official operators: nearest RAU, avg_pool2d 2 with
+        ceil and bicubic restore); a part the plan does not use is off (start at the end)."""
         rad = _percent(self.schedule.rad if self.schedule and self.rad_pair else None)
         pool = _percent(self.schedule.pool if self.schedule and self.pool_pair else None)
         rad_in, rad_out = self.rad_pair or ((), ())
         pool_in, pool_out = self.pool_pair or ((), ())
-        return {
-            "input_blocks": _blocks(rad_in),
-            "output_blocks": _blocks(rad_out),
-            "time_mode": "percent",
-            "start_time": rad[0],
-            "end_time": rad[1],
-            "upscale_mode": "nearest",
-            "ca_start_time": pool[0],
-            "ca_end_time": pool[1],
-            "ca_input_blocks": _blocks(pool_in),
-            "ca_output_blocks": _blocks(pool_out),
-            "ca_upscale_mode": "bicubic",
-            "ca_downscale_mode": "avg_pool2d",
-            "ca_downscale_factor": 2.0,
-            "two_stage_upscale_mode": "disabled",
-        }
+        return RauNetSettings(
+            input_blocks=_blocks(rad_in),
+            output_blocks=_blocks(rad_out),
+            time_mode=TimeMode.PERCENT.value,
+            start_time=float(rad[0]),
+            end_time=float(rad[1]),
+            upscale_mode="nearest",
+            ca_start_time=float(pool[0]),
+            ca_end_time=float(pool[1]),
+            ca_input_blocks=_blocks(pool_in),
+            ca_output_blocks=_blocks(pool_out),
+            ca_upscale_mode="bicubic",
+            ca_downscale_mode="avg_pool2d",
+            ca_downscale_factor=2.0,
+            verbose=verbose,
+        )
 
-    def msw_inputs(self) -> dict:
-        """``ApplyMSWMSAAttention`` inputs that do the same (official: every step; ``window_grid``
-        is its YAML key)."""
-        return {
-            "input_blocks": _blocks(self.msw_input_blocks),
-            "middle_blocks": "",
-            "output_blocks": _blocks(self.msw_output_blocks),
-            "time_mode": "percent",
-            "start_time": 0.0,
-            "end_time": 1.0,
-            "window_grid": self.schedule.window_grid if self.schedule else OFFICIAL_GRID,
-        }
+    def msw_settings(self, verbose: bool = False) -> MswMsaSettings:
+        """MSW-MSA settings that do the plan: every step, the schedule's window grid, sized by
+        the plan's native size (the user's, else the model's)."""
+        return MswMsaSettings(
+            input_blocks=self.msw_input_blocks,
+            middle_blocks=(),
+            output_blocks=self.msw_output_blocks,
+            time_mode=TimeMode.PERCENT.value,
+            start_time=0.0,
+            end_time=1.0,
+            verbose=verbose,
+            window_grid=self.schedule.window_grid if self.schedule else OFFICIAL_GRID,
+            native_resolution=self.native_latent * 8,
+        )
 
     def flop_lines(self, costs: dict[tuple[str, int], BlockCost]) -> list[str]:
         """Estimated FLOPs of one call in each phase, against the unpatched call."""
@@ -111,21 +115,21 @@ class AutoPlan:
         )
         if not self.active:
             return f"{head}: {self.reason}"
-        raunet, msw = self.raunet_inputs(), self.msw_inputs()
+        raunet, msw = self.raunet_settings(), self.msw_settings()
         lines = [f"{head}: schedule {self.schedule.key}"]
         if self.rad_pair:
             lines.append(
-                f"  RAD/RAU: input {raunet['input_blocks']} -> output {raunet['output_blocks']}, "
-                f"percent {raunet['start_time']:g}-{raunet['end_time']:g}"
+                f"  RAD/RAU: input {_text(raunet.input_blocks)} -> output {_text(raunet.output_blocks)}, "
+                f"percent {raunet.start_time:g}-{raunet.end_time:g}"
             )
         if self.pool_pair:
             lines.append(
-                f"  CA pool: input {raunet['ca_input_blocks']} -> output {raunet['ca_output_blocks']}, "
-                f"percent {raunet['ca_start_time']:g}-{raunet['ca_end_time']:g}"
+                f"  CA pool: input {_text(raunet.ca_input_blocks)} -> output {_text(raunet.ca_output_blocks)}, "
+                f"percent {raunet.ca_start_time:g}-{raunet.ca_end_time:g}"
             )
         lines.append(
-            f"  MSW-MSA: input {msw['input_blocks']} / output {msw['output_blocks']}, every step, "
-            f"window_grid {msw['window_grid']}"
+            f"  MSW-MSA: input {_text(msw.input_blocks)} / output {_text(msw.output_blocks)}, every step, "
+            f"window_grid {msw.window_grid}"
         )
         for phase in self.phases:
             sizes = ", ".join(f"L{level} {w}x{h}" for level, (h, w) in enumerate(phase.sizes))
@@ -139,9 +143,13 @@ def _percent(window: StepWindow | None) -> tuple[float, float]:
     return OFF if window is None else (window.start, window.end)
 
 
-def _blocks(blocks: int | tuple[int, ...]) -> str:
-    items = (blocks,) if isinstance(blocks, int) else blocks
-    return ",".join(map(str, items))
+def _blocks(blocks: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (blocks,) if isinstance(blocks, int) else blocks
+
+
+def _text(blocks: tuple[int, ...]) -> str:
+    """Blocks as the report writes them: ``4,5``."""
+    return ",".join(map(str, blocks))
 
 
 def _ceil_div(size: int, factor: int) -> int:

@@ -27,6 +27,17 @@ class MswMsaPreset:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
+    def settings(self) -> dict[str, object]:
+        """The settings of the advanced MSW-MSA that do the same (percent times)."""
+        return {
+            "input_blocks": self.input_blocks,
+            "middle_blocks": self.middle_blocks,
+            "output_blocks": self.output_blocks,
+            "time_mode": "percent",
+            "start_time": self.start_percent,
+            "end_time": self.end_percent,
+        }
+
     def describe(self) -> str:
         """The seed's log format: ``in/mid/out blocks [1,2 /  / 11,10,9], start/end percent 0.2/1.0``."""
         blocks = " / ".join(",".join(map(str, b)) for b in (self.input_blocks, self.middle_blocks, self.output_blocks))
@@ -39,8 +50,8 @@ MSW_MSA_PRESETS: dict[Family, MswMsaPreset] = {
 }
 
 
-RAUNET_RES_MODES = ("high (1536-2048)", "low (1024 or lower)", "ultra (over 2048)")
-"""``ApplyRAUNetSimple``'s res_mode options, in the seed's order; the first word is the key."""
+RAUNET_STRENGTHS = ("high", "low", "ultra")
+"""The Simple RAU-Net presets of each family, in the seed's order."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,24 @@ class RauNetPreset:
     def edited(self, **changes: object) -> RauNetPreset:
         """A copy with some fields changed."""
         return replace(self, **changes)
+
+    def settings(self) -> dict[str, object]:
+        """The settings of the advanced RAU-Net that do the same (percent times)."""
+        return {
+            "input_blocks": self.input_blocks,
+            "output_blocks": self.output_blocks,
+            "time_mode": "percent",
+            "start_time": self.start_percent,
+            "end_time": self.end_percent,
+            "upscale_mode": self.upscale_mode,
+            "ca_start_time": self.ca_start_percent,
+            "ca_end_time": self.ca_end_percent,
+            "ca_input_blocks": self.ca_input_blocks,
+            "ca_output_blocks": self.ca_output_blocks,
+            "ca_upscale_mode": self.ca_upscale_mode,
+            "ca_downscale_mode": self.ca_downscale_mode,
+            "ca_downscale_factor": self.ca_downscale_factor,
+        }
 
     def describe(self) -> str:
         """The seed's log format: ``upscale bicubic, in/out blocks [3 / 8], start/end percent 0.0/0.5  |  CA ...``."""

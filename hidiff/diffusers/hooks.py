@@ -28,7 +28,7 @@ from diffusers.hooks import ModelHook
 from torch import nn
 
 from ..core.raunet import ca_downscale, resize, resolution_aware_downsample
-from ..core.windows import grid_of_windows, parse_window_grid, partition, reverse, window_layout
+from ..core.windows import OFFICIAL_GRID, grid_of_windows, parse_window_grid, partition, reverse, window_layout
 from .state import CallState
 
 CONTROLNET_RESIZE = "bicubic"
@@ -196,7 +196,12 @@ class WindowAttentionHook(ModelHook):
     """
 
     def __init__(
-        self, slot: StateSlot, grid_name: str, index: int, window_grid: str = "2x2", native_side: int | None = None
+        self,
+        slot: StateSlot,
+        grid_name: str,
+        index: int,
+        window_grid: str = OFFICIAL_GRID,
+        native_side: int | None = None,
     ) -> None:
         super().__init__()
         self.slot, self.grid_name, self.index = slot, grid_name, index

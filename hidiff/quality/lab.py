@@ -83,10 +83,9 @@ def _msw_msa(model: Any, native: int, height: int, width: int) -> Any:
 
 def _raunet_simple(res_mode: str) -> Callable[[Any, int, int, int], Any]:
     def patch(model: Any, native: int, height: int, width: int) -> Any:
-        from ..core.presets import RAUNET_RES_MODES
-
-        label = next(mode for mode in RAUNET_RES_MODES if mode.startswith(res_mode))
         node = _node("ApplyRAUNetSimple")
+        res_modes = next(item.options for item in node.define_schema().inputs if item.id == "res_mode")
+        label = next(mode for mode in res_modes if mode.startswith(res_mode))
         return _result(
             node.execute(
                 model=model, model_type="auto", res_mode=label, upscale_mode="default", ca_upscale_mode="default"

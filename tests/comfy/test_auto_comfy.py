@@ -29,6 +29,11 @@ def raunet_patches(model) -> dict:
     return found
 
 
+def text(blocks: tuple[int, ...]) -> str:
+    """Blocks as the table above writes them."""
+    return ",".join(map(str, blocks))
+
+
 def logged_plan(logs) -> str:
     return next(m for m in logs.messages(logging.INFO) if m.startswith("[HiDiffusion] HiDiffusion: "))
 
@@ -59,18 +64,18 @@ def test_plan_follows_structure_and_schedule(pack, layout, width, height, advanc
     module = __import__("sys").modules[plans.__module__]
     plan, _ = module.make_plan(tiny_model(layout), width, height, None, advanced)
     assert plan.active and plan.schedule.key == key
-    inputs = plan.raunet_inputs()
-    assert (inputs["input_blocks"], inputs["output_blocks"], inputs["start_time"], inputs["end_time"]) == rad
+    settings, windows = plan.raunet_settings(), plan.msw_settings()
+    assert (text(settings.input_blocks), text(settings.output_blocks), settings.start_time, settings.end_time) == rad
     if pool is None:
-        assert inputs["ca_start_time"] == 1.0  # off
+        assert settings.ca_start_time == 1.0  # off
     else:
         assert (
-            inputs["ca_input_blocks"],
-            inputs["ca_output_blocks"],
-            inputs["ca_start_time"],
-            inputs["ca_end_time"],
+            text(settings.ca_input_blocks),
+            text(settings.ca_output_blocks),
+            settings.ca_start_time,
+            settings.ca_end_time,
         ) == pool
-    assert (plan.msw_inputs()["input_blocks"], plan.msw_inputs()["output_blocks"]) == msw
+    assert (text(windows.input_blocks), text(windows.output_blocks)) == msw
     patched = auto(pack, tiny_model(layout), width, height, advanced)
     assert raunet_patches(patched)
 
@@ -95,7 +100,7 @@ def test_turbo_and_non_aggressive_options(pack):
     turbo, _ = module.make_plan(tiny_model("sdxl"), 2048, 2048, None, "turbo: true")
     assert turbo.schedule.key == "sdxl_turbo_1024" and turbo.rad_pair is None and turbo.pool_pair == (4, 5)
     calm, _ = module.make_plan(tiny_model("sdxl"), 2048, 2048, None, "aggressive: false")
-    assert calm.rad_pair is None and calm.raunet_inputs()["ca_start_time"] == 0.0
+    assert calm.rad_pair is None and calm.raunet_settings().ca_start_time == 0.0
 
 
 @pytest.mark.parametrize(("layout", "size"), [("sd15", 512), ("sd15", 320), ("sdxl", 1024), ("sd2v", 768)])

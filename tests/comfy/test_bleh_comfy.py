@@ -107,6 +107,6 @@ def test_without_bleh_a_bleh_method_is_a_clear_error_before_sampling(pack):
 
 
 def defaults(pack) -> dict:
-    raunet = pack_module("hidiff.comfyui.raunet")
+    settings = pack_module("hidiff.comfyui.raunet_settings")
     names = pack["ApplyRAUNet"].INPUT_TYPES()["required"]
-    return {name: raunet.DEFAULTS[name] for name in names if name != "model"}
+    return {name: settings.DEFAULTS[name] for name in names if name != "model"}

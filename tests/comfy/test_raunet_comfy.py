@@ -50,6 +50,12 @@ def rn():
 
 
 @pytest.fixture(scope="module")
+def rs():
+    """RAU-Net's parameters and settings."""
+    return pack_module("hidiff.comfyui.raunet_settings")
+
+
+@pytest.fixture(scope="module")
 def nodes(pack):
     """The node classes from ComfyUI's registry once registered there, else from the module."""
     module = pack_module("hidiff.comfyui.raunet_nodes")
@@ -448,20 +454,20 @@ def test_fadeout_moves_the_factor_towards_one(nodes, rn, cap):
         ({}, "verbose: 1", "verbose must be true or false"),
     ],
 )
-def test_settings_errors_name_the_input(nodes, rn, overrides, yaml, fragment):
+def test_settings_errors_name_the_input(nodes, rs, overrides, yaml, fragment):
     inputs = {**dict(zip(SEED_INPUTS, SEED_SD15)), **overrides}
     with pytest.raises(ValueError, match=re.escape(fragment)):
-        rn.build_settings(yaml, **inputs)
+        rs.build_settings(yaml, **inputs)
     assert fragment in nodes["ApplyRAUNet"].validate_inputs(**inputs, yaml_parameters=yaml)
 
 
-def test_an_error_in_a_yaml_value_says_it_came_from_the_yaml(pack, rn):
+def test_an_error_in_a_yaml_value_says_it_came_from_the_yaml(pack, rs):
     """The widget of the same name is not what the user must fix, so the message says so."""
     with pytest.raises(ValueError) as error:
-        rn.build_settings("start_time: [1, 2]")
+        rs.build_settings("start_time: [1, 2]")
     assert str(error.value) == "yaml_parameters: start_time must be a number, got [1, 2]"
     with pytest.raises(ValueError) as error:
-        rn.build_settings(None, start_time="soon")
+        rs.build_settings(None, start_time="soon")
     assert str(error.value) == "start_time must be a number, got 'soon'"
     msw = pack["ApplyMSWMSAAttention"].validate_inputs(
         input_blocks="1", middle_blocks="", output_blocks="9", time_mode="percent", start_time=0.0, end_time=1.0,
@@ -473,9 +479,9 @@ def test_an_error_in_a_yaml_value_says_it_came_from_the_yaml(pack, rn):
     )
 
 
-def test_yaml_lists_every_valid_key(rn):
+def test_yaml_lists_every_valid_key(rs):
     with pytest.raises(ValueError) as error:
-        rn.build_settings("nope: 1")
+        rs.build_settings("nope: 1")
     for key in [
         *SEED_INPUTS,
         "ca_downscale_factor_w",
@@ -535,13 +541,13 @@ def test_a_wrong_pair_in_a_switched_off_part_only_warns(nodes, logs):
     assert warning and "CA is switched off by its start time" in warning[0] and "4->5" in warning[0]
 
 
-def test_a_dit_is_refused(rn):
+def test_a_dit_is_refused(rn, rs):
     class NotAUNet:
         def get_model_object(self, name):
             return torch.nn.Linear(2, 2)
 
     with pytest.raises(ValueError, match="RAU-Net applies to SD1.x, SD2.x and SDXL UNets.*Linear is not a UNet"):
-        rn.apply_raunet(NotAUNet(), rn.build_settings())
+        rn.apply_raunet(NotAUNet(), rs.build_settings())
 
 
 # --- isolation, determinism, recovery ------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hidiff.core.blocks import BlockListError, format_block_list, parse_block_list
+from hidiff.comfyui.blocks import BlockListError, format_block_list, parse_block_list
 from hidiff.core.schedule import SigmaRange, TimeRangeError, current_sigma, sigma_range, step_index
 
 

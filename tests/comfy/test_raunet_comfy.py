@@ -8,6 +8,7 @@ with ceil, and every restore lands on the exact skip size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -477,6 +478,20 @@ def test_an_error_in_a_yaml_value_says_it_came_from_the_yaml(pack, rs):
     assert pack["ApplyHiDiffusion"].validate_inputs(advanced="turbo: maybe") == (
         "advanced: turbo must be true or false, got 'maybe'"
     )
+
+
+@pytest.mark.parametrize("module", ["raunet_settings", "msw_msa_settings"])
+def test_every_setting_is_declared_once_and_reaches_the_typed_settings(module):
+    """The declaration is the one source: each key is declared once, each declared key is a
+    field of the typed settings and each field is declared, so no key can be accepted and
+    then dropped, and no setting exists that users cannot reach."""
+    settings = pack_module(f"hidiff.comfyui.{module}")
+    declared = [parameter.name for parameter in settings.PARAMETERS.parameters]
+    built = settings.build_settings()
+    assert len(declared) == len(set(declared))
+    assert set(declared) == {field.name for field in dataclasses.fields(built)}
+    widgets = settings.PARAMETERS.widget_names
+    assert declared[: len(widgets)] == list(widgets)  # the widgets first, in the order workflows save them
 
 
 def test_yaml_lists_every_valid_key(rs):

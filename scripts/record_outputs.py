@@ -43,6 +43,8 @@ RAUNET_YAML = (
 MSW_YAML = ("", "window_grid: native\nnative_resolution: 128", "window_grid: 3x2", "shift_mode: independent")
 SIMPLE_RES = ("high (1536-2048)", "low (1024 or lower)", "ultra (over 2048)")
 """ApplyRAUNetSimple's res_mode options, as saved workflows hold them."""
+SAMPLERS = ("heun", "dpmpp_2s_ancestral", "dpmpp_sde")
+"""Samplers that call the model between the schedule's sigmas (second-order, ancestral, SDE)."""
 AUTO_ADVANCED = (
     "native_resolution: 256",
     "native_resolution: 256\nschedule: official",
@@ -174,8 +176,29 @@ def record() -> dict[str, Any]:
                     widgets = {"advanced": inputs["advanced"]}
                 runs[f"{family} {name} {case} queue"] = message_of(nodes[name].validate_inputs, **widgets)
                 runs[f"{family} {name} {case} execute"] = message_of(nodes[name].execute, model=model, **inputs)
+    runs.update(sampler_and_control_runs(nodes))
     out["runs"] = runs
     return out
+
+
+def sampler_and_control_runs(nodes: dict[str, Any]) -> dict[str, str]:
+    """RAU-Net (CA with a fadeout) and MSW-MSA together under samplers that call the model
+    between the schedule's sigmas, and under a ControlNet (the residual bridge)."""
+    runs: dict[str, str] = {}
+    for family, (raunet_values, msw_values) in FAMILIES.items():
+        model = harness.tiny_model(family)
+        raunet = node_output(nodes["ApplyRAUNet"], model=model, yaml_parameters=RAUNET_YAML[1], **raunet_values)
+        both = node_output(nodes["ApplyMSWMSAAttention"], model=raunet, yaml_parameters="", **msw_values)
+        for size in SIZES[:2]:
+            key = f"{family} {size[0]}x{size[1]} RAU-Net fadeout + MSW-MSA"
+            for sampler in SAMPLERS:
+                runs[f"{key} {sampler}"] = digest(harness.sample(both, family, *size, steps=4, sampler=sampler))
+            hint = harness.control_hint(*size)
+            control = harness.tiny_controlnet(family).copy().set_cond_hint(hint, 1.0, (0.0, 1.0))
+            for sampler in ("euler", "heun"):
+                latent = harness.sample(both, family, *size, steps=4, sampler=sampler, control=control)
+                runs[f"{key} ControlNet {sampler}"] = digest(latent)
+    return runs
 
 
 def main() -> int:

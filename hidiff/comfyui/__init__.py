@@ -16,6 +16,7 @@ Modules:
     controlnet        ControlNet / T2I-Adapter residuals fitted to RAU-Net's shrunk maps.
     interop           other nodes RAU-Net refuses or warns about (Deep Shrink, SAG, FreeU V2, SUPIR).
     patch_base        the effect tags and clone semantics every patch object shares.
-    run_state         per-run state via an OUTER_SAMPLE wrapper (seeded shifts, once-per-run messages).
+    run_state         one holder per sampling run (OUTER_SAMPLE) and one sigma read per UNet call
+                      (DIFFUSION_MODEL) for every effect: seeded shifts, once-per-run messages.
     model_info        reading the loaded model's structure and sigma scale.
 """

@@ -108,7 +108,7 @@ class ControlWrapper(SharedPatch):
     ) -> Any:
         if not control:
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
-        sigma = sigma_of(transformer_options, EFFECT)
+        sigma = sigma_of(transformer_options)
         if sigma is None or not self.is_active(sigma):
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         stash = ControlStash(control, self.resize)
@@ -193,11 +193,11 @@ def install_control_bridge(model: Any, is_active: Callable[[float], bool], resiz
     remove_control_bridge(model)
     if bridge_disabled():
         return False
+    install_run_state(model, EFFECT)  # first: the pack's sigma wrapper goes outside the bridge's
     model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, EFFECT, ControlWrapper(is_active, resize))
     put_first(model, "input_block_patch", ControlInputPatch())
     middle_patch_point = has_middle_block_patch()
     if middle_patch_point:
         put_first(model, MIDDLE_PATCH, ControlMiddlePatch())
     put_first(model, "output_block_patch", ControlOutputPatch(middle=not middle_patch_point))
-    install_run_state(model, EFFECT)
     return True

@@ -298,7 +298,7 @@ class MiddleBlockGuard(SharedPatch):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if block_of(transformer_options) != ("output", 0):
             return h, hsp
-        sigma = sigma_of(transformer_options, RAUNET)
+        sigma = sigma_of(transformer_options)
         if sigma is None or not self.active(sigma):
             return h, hsp
         height, width = (int(side) for side in transformer_options.get("original_shape", [0, 0])[-2:])
@@ -372,15 +372,16 @@ class MiddleBlockCheck(SharedPatch):
     def __repr__(self) -> str:
         return "MiddleBlockCheck()"
 
-    def middle_size(self, height: int, width: int, sigma: float) -> tuple[int, int]:
-        """The middle block's size for a height x width latent at ``sigma`` (RAU-Net's patches only)."""
+    def middle_size(self, height: int, width: int, sigma: float, state: RunState | None = None) -> tuple[int, int]:
+        """The middle block's size for a height x width latent at ``sigma`` (RAU-Net's patches only);
+        ``state``: the run's, where the CA fadeout's strength at ``sigma`` is kept for the steps."""
         size = (height, width)
         for index in range(self.inputs):
             if index in self.downsamples:
                 rad = self.rad is not None and index in self.rad.blocks and self.rad.time.contains(sigma)
                 size = (rad_size(size[0]), rad_size(size[1])) if rad else (-(-size[0] // 2), -(-size[1] // 2))
             if self.ca is not None and index in self.ca.blocks and self.ca.time.contains(sigma):
-                factor_h, factor_w = self.ca.factors_at(sigma)
+                factor_h, factor_w = self.ca.factors_at(sigma, state)
                 size = (downscaled_size(size[0], factor_h), downscaled_size(size[1], factor_w))
         return size
 
@@ -411,7 +412,7 @@ class MiddleBlockCheck(SharedPatch):
         steps = state.schedule[:-1]
         if getattr(getattr(sampler, "sampler_function", None), "__module__", None) != _STEPPING_SAMPLERS:
             steps = steps[:1]
-        sizes = {self.middle_size(height, width, sigma) for sigma in steps if sigma > 0 and self.active(sigma)}
+        sizes = {self.middle_size(height, width, sigma, state) for sigma in steps if sigma > 0 and self.active(sigma)}
         for middle in sorted(sizes):
             problem = middle_block_problem(middle[0] * middle[1], height, width, channels, options)
             if problem is not None:

@@ -96,7 +96,7 @@ class MswMsaAttention(SharedPatch):
         block = extra_options.get("block")
         if block is None or tuple(block[:2]) not in self.blocks:
             return None
-        sigma = sigma_of(extra_options, EFFECT)
+        sigma = sigma_of(extra_options)
         if sigma is None or not self.time.contains(sigma):
             return None
         state = run_state(extra_options, EFFECT)

@@ -12,11 +12,9 @@ from typing import Any
 
 from ..core.schedule import sigma_range
 from ..core.settings import MswMsaSettings
-from ..core.windows import OFFICIAL_GRID, parse_window_grid
+from ..core.windows import OFFICIAL_GRID, SHIFT_MODES, parse_window_grid
 from .node_common import time_mode_parameter
 from .params import ParameterSet, blocks, choice, number, require_bool, require_native_resolution, yaml_only
-
-SHIFT_MODES = ("distinct", "independent", "none")
 
 PARAMETERS = ParameterSet(
     (

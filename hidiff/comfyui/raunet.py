@@ -65,7 +65,7 @@ from .model_info import percent_to_sigma, unet_map_of
 from .params import ParameterError
 from .patch_base import RAUNET, SharedPatch, effect_of
 from .resampling import CallResampler
-from .run_state import install_run_state, run_state, sigma_of
+from .run_state import OPTIONS_ARG, RunState, install_run_state, run_state, sigma_of
 
 EFFECT = RAUNET
 
@@ -143,7 +143,7 @@ def _active_sigma(options: dict, kind: str, blocks: frozenset[int], time: SigmaR
     block = block_of(options)
     if block is None or block[0] != kind or block[1] not in blocks:
         return None
-    sigma = sigma_of(options, EFFECT)
+    sigma = sigma_of(options)
     return sigma if sigma is not None and time.contains(sigma) else None
 
 
@@ -264,9 +264,6 @@ _RUNNING_UNET: contextvars.ContextVar[Any] = contextvars.ContextVar("hidiffusion
 _RUNNING_OPTIONS: contextvars.ContextVar[dict] = contextvars.ContextVar("hidiffusion_running_options", default={})  # noqa: B039 (never changed)
 """That call's ``transformer_options`` (the UNet sets ``block`` in this same dict as it goes)."""
 
-_OPTIONS_ARG = 5
-"""Where ``transformer_options`` sits in ``UNetModel.forward(x, timesteps, context, y, control, ...)``."""
-
 
 class RunningUNet(_Patch):
     """``DIFFUSION_MODEL`` wrapper: names the running UNet and its options for :class:`UpsampleForward`."""
@@ -275,7 +272,7 @@ class RunningUNet(_Patch):
         return "RunningUNet()"
 
     def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
-        options = kwargs.get("transformer_options", args[_OPTIONS_ARG] if len(args) > _OPTIONS_ARG else {})
+        options = kwargs.get("transformer_options", args[OPTIONS_ARG] if len(args) > OPTIONS_ARG else {})
         token = _RUNNING_UNET.set(executor.class_obj)
         options_token = _RUNNING_OPTIONS.set(options if isinstance(options, dict) else {})
         try:
@@ -365,11 +362,18 @@ class CaDownscale(_Patch):
             f"CaDownscale(blocks={sorted(self.blocks)}, time={self.time}, factors={self.factors}, mode={self.mode!r})"
         )
 
-    def factors_at(self, sigma: float) -> tuple[float, float]:
-        """The (height, width) factors of a call at ``sigma`` (moved towards 1 by the fadeout)."""
+    def factors_at(self, sigma: float, state: RunState | None = None) -> tuple[float, float]:
+        """The (height, width) factors of a call at ``sigma`` (moved towards 1 by the fadeout).
+
+        The fadeout's strength is worked out once per sigma of the run (``state``); without
+        a run (a call outside a sampler) for the call.
+        """
         factor_h, factor_w = self.factors
         if self.fadeout is not None:
-            strength = self.fadeout.strength(sigma)
+            if state is None:
+                strength = self.fadeout.strength(sigma)
+            else:
+                strength = state.per_sigma("ca_fadeout", sigma, self.fadeout.strength)
             factor_h, factor_w = faded_factor(factor_h, strength), faded_factor(factor_w, strength)
         return factor_h, factor_w
 
@@ -377,9 +381,9 @@ class CaDownscale(_Patch):
         sigma = _active_sigma(transformer_options, "input", self.blocks, self.time)
         if sigma is None:
             return h
-        factor_h, factor_w = self.factors_at(sigma)
-        out = ca_downscale(h, factor_h, factor_w, self.mode, CallResampler(transformer_options, EFFECT))
         state = run_state(transformer_options, EFFECT)
+        factor_h, factor_w = self.factors_at(sigma, state)
+        out = ca_downscale(h, factor_h, factor_w, self.mode, CallResampler(transformer_options, EFFECT))
         warn_runtime_conflicts(state, transformer_options)
         if self.verbose and state is not None:
             state.tell_once(

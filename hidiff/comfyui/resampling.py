@@ -119,7 +119,7 @@ class CallResampler:
         package, utils = bleh(), _bleh_latent_utils()
         if utils is None:
             raise ResizeError(f"resampling method {mode!r} needs ComfyUI-bleh, which is not loaded")
-        sigma = sigma_of(self.options, self.effect)
+        sigma = sigma_of(self.options)
         extra = {"sigma": sigma} if getattr(package, "BLEH_VERSION", -1) >= 0 else {}
         with seeded_global_rng(self.seed(sigma), x.device):
             out = utils.scale_samples(x, width, height, mode=mode, **extra)

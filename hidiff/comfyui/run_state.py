@@ -1,28 +1,40 @@
-"""Per-run state: created when sampling starts, gone when it ends or fails.
+"""Per-run state: one holder per sampling run, one sigma read per UNet call.
 
-An ``OUTER_SAMPLE`` wrapper (one per effect, under the effect's own key) builds a
-:class:`RunState` from the sampling seed and sigma schedule, and puts it into the
-guider's per-run copy of ``transformer_options``. Every block and attention patch of
-that run finds it there. Nothing is kept on the model, the patch objects or the module,
-so an interrupted run leaves nothing behind, and the same seed gives the same result in
-any process.
+Whatever effects a model carries, the pack registers two wrappers under one key,
+:data:`PACK`, as ComfyUI's own EasyCache does:
 
-The states of all effects of one run share a :class:`SigmaReader`, so the current sigma
-is copied from the device once per UNet call, not once per patched block and effect.
+* an ``OUTER_SAMPLE`` wrapper (:class:`RunWrapper`) that makes the run's :class:`PackRun`
+  from the sampling seed and sigma schedule, with one :class:`RunState` per effect, puts it
+  into the guider's per-run ``transformer_options``, runs each effect's check before the
+  first step, and takes it away in ``finally``;
+* a ``DIFFUSION_MODEL`` wrapper (:class:`ReadSigmaOnce`) that reads the sigma of each UNet
+  call once (a device-to-host copy, so a GPU sync) and hands the float to every block and
+  attention patch of that call in its ``transformer_options``.
+
+Nothing is kept on the model, the patch objects or the module, so an interrupted run
+leaves nothing behind, and the same seed gives the same result in any process.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import torch
 from comfy.patcher_extension import WrappersMP
 
 from ..core.schedule import current_sigma, step_index
-from ..core.windows import distinct_shift_sequence, independent_shift_sequence
+from ..core.windows import shift_sequence
 from ..log import logger
+from .patch_base import SharedPatch
+
+PACK = "hidiffusion"
+"""The wrapper key of the pack's run wrappers, and the ``transformer_options`` key of the run."""
+SIGMA_KEY = "hidiffusion_sigma"
+"""The ``transformer_options`` key of the current UNet call's sigma (a float, or None)."""
+OPTIONS_ARG = 5
+"""Where ``transformer_options`` sits in ``UNetModel.forward(x, timesteps, context, y, control, ...)``."""
 
 _SEED_SALT = 0x48694469  # "HiDi": our generator never shares a stream with the sampler's.
 
@@ -32,60 +44,47 @@ def stable_hash(*parts: Hashable) -> int:
     return zlib.crc32(repr(parts).encode())
 
 
-class SigmaReader:
-    """The sigma of the current model call, read from its ``sigmas`` tensor once.
+class PackRun:
+    """What the pack remembers during one sampling run, shared by its effects.
 
-    ComfyUI gives every patch of one UNet call the same ``transformer_options["sigmas"]``
-    tensor (attention patches get a shallow copy of the dict, so the same object too),
-    and samplers hand the model a new tensor for each sigma (``sigmas[i] * s_in``), never
-    one changed in place. Reading it means a device-to-host copy (a GPU sync), so the
-    value is kept with a reference to the tensor it came from and read again only when
-    another tensor comes. The reference is compared with ``is``: it keeps the tensor
-    alive, so a new tensor can never take its place at the same address.
+    Args:
+        seed: the sampling seed (None when the sampler gave none).
+        sample_sigmas: the run's sigma schedule, used to place calls on steps.
+        effects: the effects on the model, each of which gets its own :class:`RunState`.
     """
 
-    def __init__(self) -> None:
-        self._sigmas: torch.Tensor | None = None
-        self._value: float | None = None
+    def __init__(self, seed: int | None, sample_sigmas: torch.Tensor | None, effects: Iterable[str]) -> None:
+        self.seed = 0 if seed is None else int(seed)
+        self.schedule = [float(s) for s in sample_sigmas.tolist()] if sample_sigmas is not None else None
+        self.effects = {effect: RunState(self, effect) for effect in effects}
 
-    def __call__(self, sigmas: torch.Tensor | float | None) -> float | None:
-        if not isinstance(sigmas, torch.Tensor):
-            return current_sigma(sigmas)
-        if sigmas is not self._sigmas:
-            self._value = current_sigma(sigmas)
-            self._sigmas = sigmas
-        return self._value
+    def __repr__(self) -> str:
+        steps = None if self.schedule is None else len(self.schedule) - 1
+        return f"PackRun(seed={self.seed}, steps={steps}, effects={sorted(self.effects)})"
 
 
 class RunState:
-    """What one effect remembers during one sampling run.
+    """What one effect remembers during one sampling run (its part of the :class:`PackRun`)."""
 
-    Args:
-        effect: the effect's key, used in messages.
-        seed: the sampling seed (None when the sampler gave none).
-        sample_sigmas: the run's sigma schedule, used to place calls on steps.
-        sigma_reader: the run's shared :class:`SigmaReader` (a new one when None).
-    """
-
-    def __init__(
-        self,
-        effect: str,
-        seed: int | None,
-        sample_sigmas: torch.Tensor | None,
-        sigma_reader: SigmaReader | None = None,
-    ) -> None:
+    def __init__(self, run: PackRun, effect: str) -> None:
+        self.run = run
         self.effect = effect
-        self.seed = 0 if seed is None else int(seed)
-        self.schedule = [float(s) for s in sample_sigmas.tolist()] if sample_sigmas is not None else None
-        self.sigma = sigma_reader if sigma_reader is not None else SigmaReader()
         self._told: set[str] = set()
         self.memo: dict[str, Any] = {}
         """What a patch found out once in this run and need not find out again."""
         self._shifts: dict[Hashable, list[int]] = {}
+        self._per_sigma: dict[tuple[str, float], Any] = {}
+
+    @property
+    def seed(self) -> int:
+        return self.run.seed
+
+    @property
+    def schedule(self) -> list[float] | None:
+        return self.run.schedule
 
     def __repr__(self) -> str:
-        steps = None if self.schedule is None else len(self.schedule) - 1
-        return f"RunState({self.effect!r}, seed={self.seed}, steps={steps}, told={len(self._told)})"
+        return f"RunState({self.effect!r}, {self.run!r}, told={len(self._told)})"
 
     def tell_once(self, message: str, level: str = "warning") -> None:
         """Log ``message`` the first time it comes up in this run."""
@@ -96,6 +95,15 @@ class RunState:
     def step_of(self, sigma: float) -> int:
         """The step of this run's schedule that a call at ``sigma`` belongs to."""
         return step_index(sigma, self.schedule)
+
+    def per_sigma(self, name: str, sigma: float, compute: Callable[[float], Any]) -> Any:
+        """``compute(sigma)``, worked out once per sigma of this run: every call of a step
+        (cond and uncond, split batches) shares the step's sigma, so it runs once a step
+        (and once for each intermediate sigma of a second-order sampler)."""
+        key = (name, sigma)
+        if key not in self._per_sigma:
+            self._per_sigma[key] = compute(sigma)
+        return self._per_sigma[key]
 
     def shift_index(self, block: Hashable, sigma: float, mode: str) -> int:
         """The MSW-MSA shift k for ``block`` at the step of ``sigma``.
@@ -111,10 +119,8 @@ class RunState:
         sequence = self._shifts.get(block)
         if sequence is None or step >= len(sequence):
             seed = ((self.seed ^ _SEED_SALT) + stable_hash(block)) & 0xFFFF_FFFF_FFFF_FFFF
-            generator = torch.Generator(device="cpu").manual_seed(seed)
             length = max(step + 1, len(self.schedule) if self.schedule else 1)
-            draw = distinct_shift_sequence if mode == "distinct" else independent_shift_sequence
-            sequence = draw(generator, length)
+            sequence = shift_sequence(seed, length, mode)
             self._shifts[block] = sequence
         return sequence[step]
 
@@ -123,51 +129,102 @@ BeforeRun = Callable[[Any, Any, Any, RunState], None]
 """``check(guider, noise, sampler, state)``, run when sampling starts, before any step; it may raise."""
 
 
-def outer_sample_wrapper(effect: str, before_run: BeforeRun | None = None) -> Callable[..., Any]:
-    """An ``OUTER_SAMPLE`` wrapper that gives each sampling run a fresh :class:`RunState`.
+class RunWrapper(SharedPatch):
+    """The pack's ``OUTER_SAMPLE`` wrapper: one :class:`PackRun` per sampling run.
 
-    The states of the effects of one run share one :class:`SigmaReader`: the first
-    wrapper to run makes it, the others find it on the states already there.
-    ``before_run`` checks the run before any step (the latent and schedule are known).
+    Args:
+        checks: ``(effect, check)`` for each effect on the model, in the order the effects
+            were applied; ``check`` (or None) looks at the run before any step (the latent
+            and schedule are known) and may refuse it.
     """
 
-    def wrapper(
-        executor: Any, noise: Any, latent_image: Any, sampler: Any, sigmas: Any, *args: Any, **kwargs: Any
+    hidiffusion_effect = PACK
+
+    def __init__(self, checks: tuple[tuple[str, BeforeRun | None], ...] = ()) -> None:
+        self.checks = checks
+
+    def __repr__(self) -> str:
+        return f"RunWrapper(effects={[effect for effect, _ in self.checks]})"
+
+    def with_effect(self, effect: str, check: BeforeRun | None) -> RunWrapper:
+        """This wrapper with ``effect`` (re-)registered last, with ``check``."""
+        return RunWrapper(tuple(item for item in self.checks if item[0] != effect) + ((effect, check),))
+
+    def check_of(self, effect: str) -> BeforeRun | None:
+        """The check registered for ``effect``."""
+        return dict(self.checks).get(effect)
+
+    def __call__(
+        self, executor: Any, noise: Any, latent_image: Any, sampler: Any, sigmas: Any, *args: Any, **kwargs: Any
     ) -> Any:
         seed = kwargs.get("seed", args[-1] if len(args) >= 4 else None)
         options = executor.class_obj.model_options.setdefault("transformer_options", {})
-        shared = next((value.sigma for value in options.values() if isinstance(value, RunState)), None)
-        state = options[effect] = RunState(effect, seed, sigmas, shared)
+        run = options[PACK] = PackRun(seed, sigmas, (effect for effect, _ in self.checks))
         try:
-            if before_run is not None:
-                before_run(executor.class_obj, noise, sampler, state)
+            for effect, check in self.checks:
+                if check is not None:
+                    check(executor.class_obj, noise, sampler, run.effects[effect])
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
         finally:
-            options.pop(effect, None)
+            options.pop(PACK, None)
 
-    wrapper.hidiffusion_effect = effect  # type: ignore[attr-defined]
-    wrapper.before_run = before_run  # type: ignore[attr-defined]
-    return wrapper
+
+class ReadSigmaOnce(SharedPatch):
+    """The pack's ``DIFFUSION_MODEL`` wrapper: the call's sigma, read once, for every patch.
+
+    ComfyUI gives every patch of one UNet call the same ``transformer_options`` dict
+    (attention patches get a shallow copy of it), so the float put there before the call
+    reaches them all; it is taken out again when the call ends.
+    """
+
+    hidiffusion_effect = PACK
+
+    def __repr__(self) -> str:
+        return "ReadSigmaOnce()"
+
+    def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
+        options = kwargs.get("transformer_options", args[OPTIONS_ARG] if len(args) > OPTIONS_ARG else None)
+        if not isinstance(options, dict):
+            return executor(*args, **kwargs)
+        options[SIGMA_KEY] = current_sigma(options.get("sigmas"))
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            options.pop(SIGMA_KEY, None)
+
+
+def run_wrapper(model: Any) -> RunWrapper | None:
+    """The pack's ``OUTER_SAMPLE`` wrapper on a patcher, if any."""
+    found = [w for w in model.get_wrappers(WrappersMP.OUTER_SAMPLE, PACK) if isinstance(w, RunWrapper)]
+    return found[-1] if found else None
 
 
 def install_run_state(model: Any, effect: str, before_run: BeforeRun | None = None) -> None:
-    """Register (or re-register) the run-state wrapper of ``effect`` on a cloned patcher."""
-    model.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, effect)
-    model.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, effect, outer_sample_wrapper(effect, before_run))
+    """Register ``effect`` (and ``before_run``) with the pack's run wrappers on a cloned patcher.
+
+    The first effect adds both wrappers; later ones replace the ``OUTER_SAMPLE`` wrapper by
+    one that knows them too. The ``DIFFUSION_MODEL`` wrapper stays where it was first put,
+    ahead of wrappers the pack adds after it (the ControlNet bridge reads its float).
+    """
+    wrapper = (run_wrapper(model) or RunWrapper()).with_effect(effect, before_run)
+    model.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, PACK)
+    model.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, PACK, wrapper)
+    if not model.get_wrappers(WrappersMP.DIFFUSION_MODEL, PACK):
+        model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, PACK, ReadSigmaOnce())
 
 
 def run_state(options: dict, effect: str) -> RunState | None:
     """The current run's state of ``effect``, from transformer_options / extra_options."""
-    state = options.get(effect)
-    return state if isinstance(state, RunState) else None
+    run = options.get(PACK)
+    return run.effects.get(effect) if isinstance(run, PackRun) else None
 
 
-def sigma_of(options: dict, effect: str) -> float | None:
+def sigma_of(options: dict) -> float | None:
     """The sigma of the current model call, from transformer_options / extra_options.
 
-    Read through the run's shared :class:`SigmaReader` (one device read per UNet call);
-    a call outside a sampler (no run state of ``effect``) reads the tensor itself.
+    The float :class:`ReadSigmaOnce` put there for this call; a UNet called without the
+    pack's wrapper (another node calling the layers itself) reads the tensor.
     """
-    state = run_state(options, effect)
-    sigmas = options.get("sigmas")
-    return current_sigma(sigmas) if state is None else state.sigma(sigmas)
+    if SIGMA_KEY in options:
+        return options[SIGMA_KEY]
+    return current_sigma(options.get("sigmas"))

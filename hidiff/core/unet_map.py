@@ -209,14 +209,20 @@ def inspect_unet(diffusion_model: nn.Module) -> UNetMap:
     return UNetMap(unet.input_blocks, unet.middle_blocks, unet.output_blocks, unet.levels, True, "", _family(unet))
 
 
-def _family(unet: UNetMap) -> Family | None:
-    """The layout type, by where self-attention starts.
+def family_by_attention(first_attention_level: int | None) -> Family | None:
+    """The family rule both adapters use: the layout type by where image self-attention
+    starts, never by a model name.
 
-    SD1.x/SD2.x have it from level 0; SDXL and its relatives (finetunes, inpainting,
-    Playground, refiner-like 4-level layouts, pruned SSD-1B/Vega) only from level 1.
-    Three levels at least, with a Downsample out of each resolution the presets use.
+    SD1.x/SD2.x have it from level 0 (full resolution); SDXL and its relatives (finetunes,
+    inpainting, Playground, refiner-like 4-level layouts, pruned SSD-1B/Vega) only from
+    level 1. Anything else is neither.
     """
-    first = unet.highest_attention_level()
-    if unet.levels < 3 or first is None or unet.downsample_leaving(0) is None:
+    return {0: Family.SD15, 1: Family.SDXL}.get(first_attention_level) if first_attention_level is not None else None
+
+
+def _family(unet: UNetMap) -> Family | None:
+    """The family of a ComfyUI UNet: :func:`family_by_attention`, for three levels at least
+    with a Downsample out of each resolution the presets use."""
+    if unet.levels < 3 or unet.downsample_leaving(0) is None:
         return None
-    return {0: Family.SD15, 1: Family.SDXL}.get(first)
+    return family_by_attention(unet.highest_attention_level())

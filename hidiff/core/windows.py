@@ -223,25 +223,34 @@ def windowed_attention(
     return reverse(out, layout)
 
 
-def distinct_shift_sequence(generator: torch.Generator, length: int) -> list[int]:
-    """Random shift indices where no two consecutive entries are equal.
+SHIFT_MODES = ("distinct", "independent", "none")
+"""How the window shifts follow each other over the steps: ``distinct`` (the seed pack's: a
+new shift every step, ComfyUI's default), ``independent`` (the official i.i.d. draws, the
+diffusers adapter's) or ``none`` (windows never move)."""
 
-    The first is uniform over all shifts, each later one uniform over the three shifts
-    that differ from its predecessor (the seed pack's change to the official i.i.d.
-    draw, so the windows always move between steps).
+
+def shift_sequence(seed: int, length: int, mode: str) -> list[int]:
+    """``length`` MSW-MSA shift indices (k in 0..3) drawn from a private CPU generator
+    seeded with ``seed``, so the same seed gives the same windows and the global RNG is
+    never touched. Both adapters draw here; what the seed mixes in (the sampling seed and
+    the block in ComfyUI, ``window_seed`` and the step in diffusers) is theirs.
     """
+    if mode not in SHIFT_MODES:
+        raise ValueError(f"shift mode {mode!r} is not one of {', '.join(SHIFT_MODES)}")
     if length <= 0:
         return []
-    draws = torch.randint(0, SHIFT_CHOICES, (length,), generator=generator).tolist()
+    if mode == "none":
+        return [0] * length
+    draws = torch.randint(0, SHIFT_CHOICES, (length,), generator=torch.Generator(device="cpu").manual_seed(seed))
+    return _distinct(draws.tolist()) if mode == "distinct" else draws.tolist()
+
+
+def _distinct(draws: list[int]) -> list[int]:
+    """Uniform draws over the shifts made into a sequence with no two consecutive entries
+    equal: the first is uniform over all shifts, each later one uniform over the three
+    that differ from its predecessor (so the windows always move between steps)."""
     shifts = [draws[0]]
     for draw in draws[1:]:
         step = 1 + draw % (SHIFT_CHOICES - 1)
         shifts.append((shifts[-1] + step) % SHIFT_CHOICES)
     return shifts
-
-
-def independent_shift_sequence(generator: torch.Generator, length: int) -> list[int]:
-    """Random shift indices drawn independently, as the official implementation does."""
-    if length <= 0:
-        return []
-    return torch.randint(0, SHIFT_CHOICES, (length,), generator=generator).tolist()

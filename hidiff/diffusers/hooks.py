@@ -38,7 +38,13 @@ RESTORE_MODE = "bicubic"
 
 
 class StateSlot:
-    """The state of the UNet call in progress; None between calls."""
+    """The state of the UNet call in progress; None between calls.
+
+    Not diffusers' ``StateManager``: that keeps one state per cache context (``"cond"``,
+    ``"uncond"``) for the whole run and raises when no context is set, which a bare UNet
+    call or a pipeline that sets none never does. HiDiffusion's state belongs to one call
+    and must be gone when it ends, raised or not (see :mod:`hidiff.diffusers.state`).
+    """
 
     def __init__(self) -> None:
         self.current: CallState | None = None

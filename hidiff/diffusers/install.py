@@ -27,7 +27,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
 from ..core.official import aggressive_by_default, official_schedule
-from ..core.windows import independent_shift_sequence
+from ..core.windows import shift_sequence
 from ..log import logger
 from .hooks import (
     DownsampleHook,
@@ -236,8 +236,7 @@ def shift_indices(window_seed: int, step: int, count: int) -> tuple[int, ...]:
     seeded with (window_seed, step): the same run gets the same windows, and neither the
     global RNG nor the sampling noise is touched.
     """
-    generator = torch.Generator().manual_seed((window_seed * _SEED_STRIDE + step) % 2**63)
-    return tuple(independent_shift_sequence(generator, count))
+    return tuple(shift_sequence((window_seed * _SEED_STRIDE + step) % 2**63, count, "independent"))
 
 
 def _seed_step(position: RunPosition | None, timestep: Any) -> int:

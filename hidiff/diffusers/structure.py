@@ -21,7 +21,7 @@ from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
 from ..core.official import FAMILY_TRAITS
-from ..core.unet_map import FAMILY_NAMES, Family
+from ..core.unet_map import FAMILY_NAMES, Family, family_by_attention
 
 
 class UnsupportedModelError(ValueError):
@@ -80,7 +80,7 @@ def read_layout(unet: nn.Module) -> DiffusersLayout:
     if len(down) != len(up) or len(down) < 3:
         raise UnsupportedModelError(f"this UNet has {summary} and {len(up)} up blocks; {_EXPECTED}")
     attention_levels = [k for k, block in enumerate(down) if _self_attention(block)]
-    family = {0: Family.SD15, 1: Family.SDXL}.get(attention_levels[0]) if attention_levels else None
+    family = family_by_attention(attention_levels[0] if attention_levels else None)
     if family is None:
         first = f"from level {attention_levels[0]}" if attention_levels else "nowhere"
         raise UnsupportedModelError(f"this UNet has {summary} with image self-attention {first}; {_EXPECTED}")

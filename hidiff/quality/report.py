@@ -16,7 +16,8 @@ def format_row(row: dict[str, Any]) -> str:
         return f"{row['layout']} {row['sampler']} {row['size']} {row['config']}: {row['error']}"
     return (
         f"{row['layout']} {row['sampler']:<15} {row['size']:>9} {row['config']:<13} "
-        f"dup {row['duplicate_rate']:5.0%}  malformed {row['malformed_rate']:5.0%}  "
+        f"dup {row['duplicate_rate']:5.0%}  empty {row['empty_rate']:5.0%}  "
+        f"malformed {row['malformed_rate']:5.0%}  "
         f"one good {row['one_good_rate']:5.0%}  subjects {row['mean_subjects']:4.2f}  "
         f"detail {row['detail']:4.2f}  {row['seconds_per_image']:.2f} s/image"
     )
@@ -41,6 +42,7 @@ def describe(settings: LabSettings) -> dict[str, Any]:
 
 TABLE_COLUMNS = (
     ("duplicate_rate", "dup", "{:.0%}"),
+    ("empty_rate", "empty", "{:.0%}"),
     ("malformed_rate", "malformed", "{:.0%}"),
     ("one_good_rate", "one good", "{:.0%}"),
     ("mean_subjects", "subjects", "{:.2f}"),
@@ -113,9 +115,9 @@ def markdown(rows: list[dict[str, Any]], settings: LabSettings, command: str, gr
         f"{SCHEDULER}; hires-fix: KSampler at the native size, Upscale Latent By ({HIRES_UPSCALE}), KSampler at "
         f"denoise {HIRES_DENOISE}.",
         "- Native side: " + ", ".join(f"{layout} {models.native_of(layout)} latent px" for layout in settings.layouts),
-        "- dup: images with 2 or more subjects; malformed: images with a subject lacking one head and two eyes; "
-        "one good: exactly one well-formed subject; detail: high-frequency energy inside subjects relative "
-        "to unpatched native samples (1.00 = native detail).",
+        "- dup: images with 2 or more subjects; empty: images with none; malformed: images with a subject lacking "
+        "one head and two eyes; one good: exactly one well-formed subject; detail: high-frequency energy inside "
+        "subjects relative to unpatched native samples (1.00 = native detail).",
         "",
         table(rows),
         "",

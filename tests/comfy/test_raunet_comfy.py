@@ -755,10 +755,7 @@ def test_the_documented_pairs_come_from_the_structure(rn):
 
 def middle_block_check(rn, model):
     """The check RAU-Net's run-state wrapper makes before the first step."""
-    from comfy.patcher_extension import WrappersMP
-
-    (wrapper,) = model.get_wrappers(WrappersMP.OUTER_SAMPLE, rn.EFFECT)
-    return wrapper.before_run
+    return pack_module("hidiff.comfyui.run_state").run_wrapper(model).check_of(rn.EFFECT)
 
 
 @pytest.mark.parametrize(

@@ -24,19 +24,67 @@ def rs():
     return pack_module("hidiff.comfyui.run_state")
 
 
-def test_the_sigma_reader_reads_each_tensor_once(rs, monkeypatch):
-    reads = []
-    current = rs.current_sigma
-    monkeypatch.setattr(rs, "current_sigma", lambda sigmas: reads.append(sigmas) or current(sigmas))
-    reader = rs.SigmaReader()
-    first = torch.tensor([3.0, 2.0])
-    assert reader(first) == 3.0 and reader(first) == 3.0 and len(reads) == 1
-    same_values = torch.tensor([3.0, 2.0])  # another call at the same sigma: read again
-    assert reader(same_values) == 3.0 and len(reads) == 2
-    assert reader(torch.tensor([1.5])) == 1.5 and len(reads) == 3
-    assert reader(None) is None and reader(0.5) == 0.5  # no tensor: nothing to keep
-    assert reader(same_values) == 3.0 and len(reads) == 6  # the last tensor is still the one kept
-    assert reader(same_values) == 3.0 and len(reads) == 6
+def patched_with_everything(pack):
+    """RAU-Net (with the CA fadeout and the ControlNet bridge), then MSW-MSA, on a tiny SD1.5 UNet."""
+    raunet = apply_raunet(pack, tiny_model("sd15"), "ca_fadeout_start_time: 0.2", end_time=1.0, ca_end_time=0.6)
+    return apply_msw(pack, raunet)
+
+
+def test_one_run_holder_and_one_sigma_wrapper_for_every_effect(pack, rs):
+    """RAU-Net, its ControlNet bridge and MSW-MSA register one OUTER_SAMPLE and one
+    DIFFUSION_MODEL wrapper between them, under the pack's key; every patch of a run finds
+    the same run, with a state per effect, and nothing is left after it."""
+    from comfy.patcher_extension import WrappersMP
+
+    model = patched_with_everything(pack)
+    outer = model.wrappers[WrappersMP.OUTER_SAMPLE]
+    assert list(outer) == [rs.PACK] and len(outer[rs.PACK]) == 1
+    assert len(model.get_wrappers(WrappersMP.DIFFUSION_MODEL, rs.PACK)) == 1
+    effects = [effect for effect, _ in rs.run_wrapper(model).checks]
+    assert effects == ["hidiffusion_controlnet", "hidiffusion_raunet", "hidiffusion_msw_msa"]
+    runs, sigmas = [], []
+
+    def spy(q, k, v, extra_options):
+        runs.append(extra_options[rs.PACK])
+        sigmas.append(extra_options[rs.SIGMA_KEY])
+        return q, k, v
+
+    spied = model.clone()
+    spied.set_model_attn1_patch(spy)
+    sample(spied, "sd15", 24, 40, steps=3)
+    run = runs[0]
+    assert all(r is run for r in runs) and isinstance(run, rs.PackRun)
+    assert sorted(run.effects) == sorted(effects) and run.seed == 0 and len(run.schedule) == 4
+    assert sigmas[0] == run.schedule[0] and all(isinstance(s, float) for s in sigmas)
+    assert rs.PACK not in spied.model_options["transformer_options"]
+    sample(spied, "sd15", 24, 40, steps=3)
+    assert runs[-1] is not run  # each run its own holder
+
+
+def test_reapplying_an_effect_keeps_one_registration(pack, rs):
+    model = apply_msw(pack, apply_msw(pack, patched_with_everything(pack)))
+    effects = [effect for effect, _ in rs.run_wrapper(model).checks]
+    assert effects == ["hidiffusion_controlnet", "hidiffusion_raunet", "hidiffusion_msw_msa"]
+    assert rs.run_wrapper(model).check_of("hidiffusion_raunet") is not None
+
+
+def test_the_fadeout_is_worked_out_once_per_sigma(pack, monkeypatch):
+    """The CA fadeout turns a sigma into sampling percent by a 48-step bisection; a run
+    does it once per sigma it meets (a step's, or one a second-order sampler calls the
+    model at), not in every call that needs it."""
+    raunet_module = pack_module("hidiff.comfyui.raunet")
+    model = patched_with_everything(pack)
+    asked: list[float] = []
+    worked_out: list[float] = []
+    fadeout, ca = raunet_module.Fadeout, raunet_module.CaDownscale
+    strength, factors_at = fadeout.strength, ca.factors_at
+    monkeypatch.setattr(fadeout, "strength", lambda self, s: worked_out.append(s) or strength(self, s))
+    monkeypatch.setattr(ca, "factors_at", lambda self, s, *state: asked.append(s) or factors_at(self, s, *state))
+    result = sample(model, "sd15", 24, 40, steps=8, sampler="heun")
+    assert len(asked) > len(set(asked)) >= 3, "the test needs calls that share a sigma"
+    assert sorted(worked_out) == sorted(set(asked)), "each sigma's fadeout must be worked out exactly once"
+    monkeypatch.undo()
+    assert torch.equal(result, sample(model, "sd15", 24, 40, steps=8, sampler="heun"))
 
 
 @pytest.mark.parametrize("with_control", [False, True], ids=["plain", "controlnet"])
@@ -46,8 +94,7 @@ def test_the_sigma_is_read_once_per_unet_call_with_msw_msa_and_raunet(pack, monk
     one run reads it once per UNet call for all of them."""
     from comfy.patcher_extension import WrappersMP
 
-    raunet = apply_raunet(pack, tiny_model("sd15"), "ca_fadeout_start_time: 0.2", end_time=1.0, ca_end_time=0.6)
-    model = apply_msw(pack, raunet)
+    model = patched_with_everything(pack)
     calls: list[int] = []
     reads: list[int] = []
 

@@ -8,11 +8,11 @@ from reference import naive_windowed, plain_attention
 
 from hidiff.core.windows import (
     SHIFT_CHOICES,
-    distinct_shift_sequence,
-    independent_shift_sequence,
+    SHIFT_MODES,
     native_window_grid,
     partition,
     reverse,
+    shift_sequence,
     window_layout,
     windowed_attention,
 )
@@ -133,18 +133,31 @@ def test_partition_rejects_tokens_that_are_not_the_grid():
 
 
 def test_distinct_shifts_never_repeat_and_cover_all_values():
-    sequence = distinct_shift_sequence(torch.Generator().manual_seed(5), 400)
+    sequence = shift_sequence(5, 400, "distinct")
     assert all(a != b for a, b in zip(sequence, sequence[1:]))
     assert set(sequence) == set(range(SHIFT_CHOICES))
 
 
-def test_shift_sequences_depend_on_the_generator_only():
-    a = distinct_shift_sequence(torch.Generator().manual_seed(1), 50)
-    b = distinct_shift_sequence(torch.Generator().manual_seed(1), 50)
-    c = distinct_shift_sequence(torch.Generator().manual_seed(2), 50)
-    assert a == b
-    assert a != c
+def test_independent_shifts_are_the_official_iid_draws():
+    """The official code draws each shift uniformly and independently: torch.randint over
+    the four positions, here from a generator of its own."""
+    sequence = shift_sequence(7, 400, "independent")
+    expected = torch.randint(0, SHIFT_CHOICES, (400,), generator=torch.Generator().manual_seed(7)).tolist()
+    assert sequence == expected
+    assert any(a == b for a, b in zip(sequence, sequence[1:]))  # repeats happen, unlike "distinct"
+    assert shift_sequence(7, 50, "none") == [0] * 50
+
+
+def test_shift_sequences_depend_on_the_seed_only():
+    for mode in SHIFT_MODES:
+        assert shift_sequence(1, 50, mode) == shift_sequence(1, 50, mode)
+        assert shift_sequence(1, 0, mode) == []
+    assert shift_sequence(1, 50, "distinct") != shift_sequence(2, 50, "distinct")
     before = torch.get_rng_state()
-    independent_shift_sequence(torch.Generator().manual_seed(1), 50)
+    shift_sequence(1, 50, "independent")
     assert torch.equal(before, torch.get_rng_state())
-    assert distinct_shift_sequence(torch.Generator(), 0) == []
+
+
+def test_an_unknown_shift_mode_is_refused_by_name():
+    with pytest.raises(ValueError, match="'sometimes' is not one of distinct, independent, none"):
+        shift_sequence(1, 5, "sometimes")

@@ -23,6 +23,7 @@ import executor
 import torch
 from harness import (
     conditioning,
+    pack_module,
     sample,
     tiny_model,
 )
@@ -49,18 +50,14 @@ RAUNET_BLOCKS = {
     "sd15": {"input_blocks": "3", "output_blocks": "8", "ca_input_blocks": "4", "ca_output_blocks": "8"},
     "sdxl": {"input_blocks": "3", "output_blocks": "5", "ca_input_blocks": "4", "ca_output_blocks": "5"},
 }
-RAUNET_TIMES = {
-    "time_mode": "percent",
-    "start_time": 0.0,
-    "end_time": 0.45,
-    "upscale_mode": "bicubic",
-    "ca_start_time": 0.0,
-    "ca_end_time": 0.3,
-    "ca_upscale_mode": "bicubic",
-    "ca_downscale_mode": "avg_pool2d",
-    "ca_downscale_factor": 2.0,
-    "two_stage_upscale_mode": "disabled",
-}
+
+
+def raunet_times() -> dict:
+    """ApplyRAUNet's own defaults for every widget but the blocks, read from its declaration."""
+    settings = pack_module("hidiff.comfyui.raunet_settings")
+    return {name: settings.DEFAULTS[name] for name in settings.PARAMETERS.widget_names if "blocks" not in name}
+
+
 MSW_BLOCKS = {
     "sd15": {"input_blocks": "1,2", "output_blocks": "9,10,11"},
     "sdxl": {"input_blocks": "4,5", "output_blocks": "3,4,5"},
@@ -75,7 +72,7 @@ MSW_EFFECT = "hidiffusion_msw_msa"
 
 
 def raunet(pack, model, family: str = "sd15", yaml_parameters: str | None = None, **overrides):
-    values = {**RAUNET_BLOCKS[family], **RAUNET_TIMES, **overrides}
+    values = {**RAUNET_BLOCKS[family], **raunet_times(), **overrides}
     return pack["ApplyRAUNet"].execute(model=model, yaml_parameters=yaml_parameters, **values).result[0]
 
 
@@ -193,7 +190,7 @@ def ours_in_a_graph(family: str = "sd15") -> list[tuple[str, dict]]:
     (each effect on at some sigmas and off at others)."""
     times = {"end_time": RAD_END, "ca_end_time": CA_END, "yaml_parameters": ""}
     return [
-        ("ApplyRAUNet", {**RAUNET_BLOCKS[family], **RAUNET_TIMES, **times}),
+        ("ApplyRAUNet", {**RAUNET_BLOCKS[family], **raunet_times(), **times}),
         ("ApplyMSWMSAAttention", {**MSW_BLOCKS[family], **MSW_TIMES, "start_time": MSW_START, "yaml_parameters": ""}),
     ]
 

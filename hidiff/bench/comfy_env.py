@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
 """The folder a user clones into ``ComfyUI/custom_nodes/``."""
@@ -173,3 +174,20 @@ def load_pack() -> dict:
             raise RuntimeError("ComfyUI could not load the pack; see the log above")
         _PACK = nodes.NODE_CLASS_MAPPINGS
     return _PACK
+
+
+def placed_values(node: Any) -> dict[str, Any]:
+    """The widget values of a freshly placed node, as the frontend fills them in: each input's
+    default, else a dropdown's first option. Inputs without a widget (links such as the model)
+    are left out. Reads the V1 input types, so V1 and V3 nodes are read alike."""
+    values: dict[str, Any] = {}
+    types = node.INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name, spec in types.get(section, {}).items():
+            extra = spec[1] if len(spec) > 1 else {}
+            options = spec[0] if isinstance(spec[0], list) else extra.get("options")
+            if "default" in extra:
+                values[name] = extra["default"]
+            elif options:
+                values[name] = options[0]
+    return values

@@ -5,7 +5,9 @@ Modules:
     auto_nodes        ApplyHiDiffusion and HiDiffusionInspect (plan from the model and the size).
     raunet_nodes      ApplyRAUNet and ApplyRAUNetSimple.
     msw_msa_nodes     ApplyMSWMSAAttention and ApplyMSWMSAAttentionSimple.
-    node_common       what the nodes share: category, schema, aliases, tooltips, family choice.
+    node_common       the node bases (PackNode: a node declared by class members, its schema written
+                      once; SettingsNode: an advanced node from a settings module), category,
+                      aliases, tooltips, family choice.
     raunet_settings   RAU-Net's parameters, each declared once, and building its checked settings.
     msw_msa_settings  MSW-MSA's parameters, each declared once, and building its checked settings.
     params            the parameter declarations (Parameter, ParameterSet), YAML overrides, value checks.

@@ -24,7 +24,7 @@ from ..core.windows import parse_window_grid
 from ..log import logger
 from . import msw_msa, raunet
 from .model_info import default_native_latent, in_channels_of, is_edm_eps, unet_map_of
-from .node_common import schema
+from .node_common import PackNode
 from .params import (
     ADVANCED,
     ParameterError,
@@ -143,21 +143,14 @@ def apply_plan(
 
 _SIZE_INPUTS = [
     io.Int.Input(
-        "width",
+        side,
         default=2048,
         min=64,
         max=16384,
         step=8,
-        tooltip="Target image width in pixels (ignored when a latent is connected).",
-    ),
-    io.Int.Input(
-        "height",
-        default=2048,
-        min=64,
-        max=16384,
-        step=8,
-        tooltip="Target image height in pixels (ignored when a latent is connected).",
-    ),
+        tooltip=f"Target image {side} in pixels (ignored when a latent is connected).",
+    )
+    for side in ("width", "height")
 ]
 _LATENT_INPUT = io.Latent.Input(
     "latent", optional=True, tooltip="The latent you will sample; its size is the target size."
@@ -172,35 +165,29 @@ _ADVANCED_INPUT = io.String.Input(
 )
 
 
-class ApplyHiDiffusion(io.ComfyNode):
+class ApplyHiDiffusion(PackNode):
     """HiDiffusion with no block knowledge: reads the model's structure and native size,
     compares it with the target size and applies MSW-MSA and a RAU-Net schedule: for SDXL the
     one the quality lab measured, otherwise (or with schedule: official) the official one. At or
     below the native size it does nothing and says so.
     """
 
+    node_id = "ApplyHiDiffusion"
+    display_name = "HiDiffusion"
+    output_tooltip = "The model with HiDiffusion for this size (or unchanged at native size)."
+
     @classmethod
-    def define_schema(cls) -> io.Schema:
-        return schema(
-            cls,
-            node_id="ApplyHiDiffusion",
-            display_name="HiDiffusion",
-            inputs=[
-                io.Model.Input("model", tooltip="SD1.x, SD2.x or SDXL model; it is never changed."),
-                *_SIZE_INPUTS,
-                io.Boolean.Input(
-                    "raunet", default=True, tooltip="RAU-Net: one subject instead of duplicates, and faster."
-                ),
-                io.Boolean.Input(
-                    "msw_msa", default=True, tooltip="MSW-MSA: windowed self-attention, faster at high resolution."
-                ),
-                _LATENT_INPUT,
-                _ADVANCED_INPUT,
-            ],
-            outputs=[
-                io.Model.Output(tooltip="The model with HiDiffusion for this size (or unchanged at native size).")
-            ],
-        )
+    def node_inputs(cls) -> list[Any]:
+        return [
+            io.Model.Input("model", tooltip="SD1.x, SD2.x or SDXL model; it is never changed."),
+            *_SIZE_INPUTS,
+            io.Boolean.Input("raunet", default=True, tooltip="RAU-Net: one subject instead of duplicates, and faster."),
+            io.Boolean.Input(
+                "msw_msa", default=True, tooltip="MSW-MSA: windowed self-attention, faster at high resolution."
+            ),
+            _LATENT_INPUT,
+            _ADVANCED_INPUT,
+        ]
 
     @classmethod
     def validate_inputs(cls, advanced: str | None = "") -> bool | str:
@@ -228,26 +215,20 @@ class ApplyHiDiffusion(io.ComfyNode):
         return io.NodeOutput(apply_plan(model, plan, raunet, msw_msa, options))
 
 
-class HiDiffusionInspect(io.ComfyNode):
+class HiDiffusionInspect(PackNode):
     """Shows, for the loaded model and a size, which blocks each HiDiffusion effect touches, at
     which sampling percents, and the feature-map size of every level in each phase.
     """
 
+    node_id = "HiDiffusionInspect"
+    display_name = "HiDiffusion Inspect"
+    output_type = io.String
+    output_tooltip = "The report, as text."
+    is_output_node = True
+
     @classmethod
-    def define_schema(cls) -> io.Schema:
-        return schema(
-            cls,
-            node_id="HiDiffusionInspect",
-            display_name="HiDiffusion Inspect",
-            inputs=[
-                io.Model.Input("model", tooltip="The model to inspect."),
-                *_SIZE_INPUTS,
-                _LATENT_INPUT,
-                _ADVANCED_INPUT,
-            ],
-            outputs=[io.String.Output(tooltip="The report, as text.")],
-            is_output_node=True,
-        )
+    def node_inputs(cls) -> list[Any]:
+        return [io.Model.Input("model", tooltip="The model to inspect."), *_SIZE_INPUTS, _LATENT_INPUT, _ADVANCED_INPUT]
 
     @classmethod
     def execute(

@@ -14,69 +14,49 @@ from ..log import logger
 from . import msw_msa
 from . import msw_msa_settings as settings
 from .model_info import unet_map_of
+from .msw_msa_settings import MswMsaSettings
 from .node_common import (
     MODEL_TYPES,
-    YAML_TOOLTIP,
+    PackNode,
+    SettingsNode,
     choice_message,
     model_input,
+    model_type_input,
     place_preset,
     resolve_family,
-    schema,
-    yaml_parameters_input,
 )
 
+_OUTPUT_TOOLTIP = "The model with MSW-MSA attention."
 
-class ApplyMSWMSAAttention(io.ComfyNode):
+
+class ApplyMSWMSAAttention(SettingsNode):
     """HiDiffusion's MSW-MSA: self-attention of the chosen blocks runs inside 2x2 shifted
     windows, about 4x cheaper at high resolution, exact at every size and aspect ratio. Defaults
     are for SD1.x/SD2.x; for SDXL use input 4,5 and output 3,4,5.
     """
 
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return schema(
-            cls,
-            node_id="ApplyMSWMSAAttention",
-            display_name="Apply MSW-MSA Attention (HiDiffusion)",
-            inputs=[
-                model_input(),
-                *settings.PARAMETERS.inputs(),
-                yaml_parameters_input(YAML_TOOLTIP),
-            ],
-            outputs=[io.Model.Output(tooltip="The model with MSW-MSA attention.")],
-        )
+    node_id = "ApplyMSWMSAAttention"
+    display_name = "Apply MSW-MSA Attention (HiDiffusion)"
+    output_tooltip = _OUTPUT_TOOLTIP
+    settings_module = settings
 
     @classmethod
-    def validate_inputs(cls, **inputs: Any) -> bool | str:
-        return settings.PARAMETERS.queue_check(settings.build_settings, inputs)
-
-    @classmethod
-    def execute(cls, model: Any, yaml_parameters: str | None = None, **inputs: Any) -> io.NodeOutput:
-        return io.NodeOutput(msw_msa.apply_msw_msa(model, settings.build_settings(yaml_parameters, **inputs)))
+    def apply(cls, model: Any, settings: MswMsaSettings) -> Any:
+        return msw_msa.apply_msw_msa(model, settings)
 
 
-class ApplyMSWMSAAttentionSimple(io.ComfyNode):
+class ApplyMSWMSAAttentionSimple(PackNode):
     """HiDiffusion's MSW-MSA with a preset: SD1.x/SD2.x input 1,2 / output 9,10,11, SDXL input
     4,5 / output 3,4,5, from 20% to 100% of sampling.
     """
 
+    node_id = "ApplyMSWMSAAttentionSimple"
+    display_name = "Apply MSW-MSA Attention Simple (HiDiffusion)"
+    output_tooltip = _OUTPUT_TOOLTIP
+
     @classmethod
-    def define_schema(cls) -> io.Schema:
-        return schema(
-            cls,
-            node_id="ApplyMSWMSAAttentionSimple",
-            display_name="Apply MSW-MSA Attention Simple (HiDiffusion)",
-            inputs=[
-                io.Combo.Input(
-                    "model_type",
-                    options=list(MODEL_TYPES),
-                    default="auto",
-                    tooltip="auto reads the family from the model's structure. SD15 covers SD1.x and SD2.x.",
-                ),
-                model_input(),
-            ],
-            outputs=[io.Model.Output(tooltip="The model with MSW-MSA attention.")],
-        )
+    def node_inputs(cls) -> list[Any]:
+        return [model_type_input(), model_input()]
 
     @classmethod
     def validate_inputs(cls, model_type: str | None = None) -> bool | str:
@@ -84,9 +64,9 @@ class ApplyMSWMSAAttentionSimple(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_type: str, model: Any) -> io.NodeOutput:
-        family = resolve_family("ApplyMSWMSAAttentionSimple", model_type, model)
-        preset = place_preset("ApplyMSWMSAAttentionSimple", msw_msa_preset_for, family, unet_map_of(model))
-        logger.info(f"ApplyMSWMSAAttentionSimple: Using preset {family}: {preset.describe()}")
+        family = resolve_family(cls.node_id, model_type, model)
+        preset = place_preset(cls.node_id, msw_msa_preset_for, family, unet_map_of(model))
+        logger.info(f"{cls.node_id}: Using preset {family}: {preset.describe()}")
         return io.NodeOutput(msw_msa.apply_msw_msa(model, settings.build_settings(None, **preset.settings())))
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from types import ModuleType
+from typing import Any, ClassVar
 
 from comfy_api.latest import io
 
@@ -83,6 +84,16 @@ def model_input() -> Any:
     return io.Model.Input("model", tooltip="Model to patch; the input model itself is never changed.")
 
 
+def model_type_input() -> Any:
+    """The ``model_type`` dropdown of the Simple nodes, always before their preset inputs."""
+    return io.Combo.Input(
+        "model_type",
+        options=list(MODEL_TYPES),
+        default="auto",
+        tooltip="auto reads the family from the model's structure. SD15 covers SD1.x and SD2.x.",
+    )
+
+
 def yaml_parameters_input(tooltip: str = YAML_TOOLTIP) -> Any:
     """The optional ``yaml_parameters`` text of the advanced nodes, always their last input."""
     return io.String.Input("yaml_parameters", optional=True, multiline=True, default="", tooltip=tooltip, **ADVANCED)
@@ -126,3 +137,64 @@ def choice_message(choices: dict[str, tuple[tuple[str, ...], Any]]) -> bool | st
         if value is not None and value not in options:
             return f"{name} = {value!r} is not valid; use one of {', '.join(options)}"
     return True
+
+
+class PackNode(io.ComfyNode):
+    """One of the pack's nodes, declared by class members; its ``define_schema`` is written once, here.
+
+    A node names its id, display name and output, and lists its inputs in :meth:`node_inputs`,
+    a method because some options (the resampling methods ComfyUI-bleh adds) are read when
+    ComfyUI asks for the schema. The members are lower case so that they never meet the
+    upper-case class properties ComfyUI derives from the schema.
+    """
+
+    node_id: ClassVar[str]
+    display_name: ClassVar[str]
+    output_type: ClassVar[Any] = io.Model
+    output_tooltip: ClassVar[str]
+    is_output_node: ClassVar[bool] = False
+
+    @classmethod
+    def node_inputs(cls) -> list[Any]:
+        """The node's inputs, in the order saved workflows hold their widget values."""
+        raise NotImplementedError(f"{cls.__name__} lists no inputs")
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            cls,
+            node_id=cls.node_id,
+            display_name=cls.display_name,
+            inputs=cls.node_inputs(),
+            outputs=[cls.output_type.Output(tooltip=cls.output_tooltip)],
+            is_output_node=cls.is_output_node,
+        )
+
+
+class SettingsNode(PackNode):
+    """An advanced node: the model, one settings module's parameters, and the YAML text.
+
+    The settings module (``raunet_settings``, ``msw_msa_settings``) declares each parameter
+    once; inputs, queue-time checks and the settings the node applies all come from it.
+    """
+
+    settings_module: ClassVar[ModuleType]
+    yaml_tooltip: ClassVar[str] = YAML_TOOLTIP
+
+    @classmethod
+    def apply(cls, model: Any, settings: Any) -> Any:
+        """The patched clone of ``model`` for these settings."""
+        raise NotImplementedError(f"{cls.__name__} applies nothing")
+
+    @classmethod
+    def node_inputs(cls) -> list[Any]:
+        return [model_input(), *cls.settings_module.PARAMETERS.inputs(), yaml_parameters_input(cls.yaml_tooltip)]
+
+    @classmethod
+    def validate_inputs(cls, **inputs: Any) -> bool | str:
+        module = cls.settings_module
+        return module.PARAMETERS.queue_check(module.build_settings, inputs)
+
+    @classmethod
+    def execute(cls, model: Any, yaml_parameters: str | None = None, **inputs: Any) -> io.NodeOutput:
+        return io.NodeOutput(cls.apply(model, cls.settings_module.build_settings(yaml_parameters, **inputs)))

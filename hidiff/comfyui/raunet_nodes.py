@@ -14,6 +14,7 @@ from . import node_common as base
 from . import raunet
 from . import raunet_settings as settings
 from .params import require_choice
+from .raunet_settings import RauNetSettings
 from .resampling import BLEH_NOTE, upscale_methods
 
 DEFAULT_MODE = "default"
@@ -23,82 +24,58 @@ assert tuple(mode.split(" ", 1)[0] for mode in RAUNET_RES_MODES) == RAUNET_STREN
 _OUTPUT_TOOLTIP = "The model with RAU-Net."
 
 
-class ApplyRAUNet(io.ComfyNode):
+class ApplyRAUNet(base.SettingsNode):
     """HiDiffusion's RAU-Net: early in sampling the deep UNet blocks run at the model's native
     size (RAD/RAU, and the optional CA downscale), so SD1.x/SD2.x/SDXL can compose images well
     above their training resolution without duplicated subjects. Exact at every size. Defaults
     are for SD1.x/SD2.x.
     """
 
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return base.schema(
-            cls,
-            node_id="ApplyRAUNet",
-            display_name="Apply RAU-Net (HiDiffusion)",
-            inputs=[
-                base.model_input(),
-                *settings.PARAMETERS.inputs(),
-                base.yaml_parameters_input(raunet_yaml_tooltip()),
-            ],
-            outputs=[io.Model.Output(tooltip=_OUTPUT_TOOLTIP)],
-        )
+    node_id = "ApplyRAUNet"
+    display_name = "Apply RAU-Net (HiDiffusion)"
+    output_tooltip = _OUTPUT_TOOLTIP
+    settings_module = settings
+    yaml_tooltip = f"{base.YAML_TOOLTIP} Advanced keys: {', '.join(settings.PARAMETERS.yaml_only_names)}."
 
     @classmethod
-    def validate_inputs(cls, **inputs: Any) -> bool | str:
-        return settings.PARAMETERS.queue_check(settings.build_settings, inputs)
-
-    @classmethod
-    def execute(cls, model: Any, yaml_parameters: str | None = None, **inputs: Any) -> io.NodeOutput:
-        return io.NodeOutput(raunet.apply_raunet(model, settings.build_settings(yaml_parameters, **inputs)))
+    def apply(cls, model: Any, settings: RauNetSettings) -> Any:
+        return raunet.apply_raunet(model, settings)
 
 
-def raunet_yaml_tooltip() -> str:
-    """The YAML tooltip, with the advanced keys only YAML can set."""
-    return f"{base.YAML_TOOLTIP} Advanced keys: {', '.join(settings.PARAMETERS.yaml_only_names)}."
-
-
-class ApplyRAUNetSimple(io.ComfyNode):
+class ApplyRAUNetSimple(base.PackNode):
     """HiDiffusion's RAU-Net with the seed pack's presets (SD1.x/SD2.x: in 3 / out 8, CA 1 / 11;
     SDXL: in 3 / out 5, CA 4 / 5). The chosen preset is written to the log.
     """
 
+    node_id = "ApplyRAUNetSimple"
+    display_name = "Apply RAU-Net Simple (HiDiffusion)"
+    output_tooltip = _OUTPUT_TOOLTIP
+
     @classmethod
-    def define_schema(cls) -> io.Schema:
-        return base.schema(
-            cls,
-            node_id="ApplyRAUNetSimple",
-            display_name="Apply RAU-Net Simple (HiDiffusion)",
-            inputs=[
-                base.model_input(),
-                io.Combo.Input(
-                    "model_type",
-                    options=list(base.MODEL_TYPES),
-                    default="auto",
-                    tooltip="auto reads the family from the model's structure. SD15 covers SD1.x and SD2.x.",
-                ),
-                io.Combo.Input(
-                    "res_mode",
-                    options=list(RAUNET_RES_MODES),
-                    default=RAUNET_RES_MODES[0],
-                    tooltip="Preset strength; a hint, it need not match the actual size. SDXL low switches "
-                    "RAU-Net off (SDXL renders 1024 natively).",
-                ),
-                io.Combo.Input(
-                    "upscale_mode",
-                    options=[DEFAULT_MODE, *upscale_methods()],
-                    default=DEFAULT_MODE,
-                    tooltip=f"RAU resampling back to the skip size; default = bicubic. {BLEH_NOTE}",
-                ),
-                io.Combo.Input(
-                    "ca_upscale_mode",
-                    options=[DEFAULT_MODE, *upscale_methods()],
-                    default=DEFAULT_MODE,
-                    tooltip=f"CA restore resampling; default = bicubic. {BLEH_NOTE}",
-                ),
-            ],
-            outputs=[io.Model.Output(tooltip=_OUTPUT_TOOLTIP)],
-        )
+    def node_inputs(cls) -> list[Any]:
+        return [
+            base.model_input(),
+            base.model_type_input(),
+            io.Combo.Input(
+                "res_mode",
+                options=list(RAUNET_RES_MODES),
+                default=RAUNET_RES_MODES[0],
+                tooltip="Preset strength; a hint, it need not match the actual size. SDXL low switches "
+                "RAU-Net off (SDXL renders 1024 natively).",
+            ),
+            io.Combo.Input(
+                "upscale_mode",
+                options=[DEFAULT_MODE, *upscale_methods()],
+                default=DEFAULT_MODE,
+                tooltip=f"RAU resampling back to the skip size; default = bicubic. {BLEH_NOTE}",
+            ),
+            io.Combo.Input(
+                "ca_upscale_mode",
+                options=[DEFAULT_MODE, *upscale_methods()],
+                default=DEFAULT_MODE,
+                tooltip=f"CA restore resampling; default = bicubic. {BLEH_NOTE}",
+            ),
+        ]
 
     @classmethod
     def validate_inputs(
@@ -122,14 +99,14 @@ class ApplyRAUNetSimple(io.ComfyNode):
     def execute(
         cls, model: Any, model_type: str, res_mode: str, upscale_mode: str, ca_upscale_mode: str
     ) -> io.NodeOutput:
-        family = base.resolve_family("ApplyRAUNetSimple", model_type, model)
+        family = base.resolve_family(cls.node_id, model_type, model)
         res = require_choice("res_mode", res_mode, RAUNET_RES_MODES).split(" ", 1)[0]
-        preset = base.place_preset("ApplyRAUNetSimple", raunet_preset_for, family, res, base.unet_map_of(model))
+        preset = base.place_preset(cls.node_id, raunet_preset_for, family, res, base.unet_map_of(model))
         if upscale_mode != DEFAULT_MODE:
             preset = preset.edited(upscale_mode=upscale_mode)
         if ca_upscale_mode != DEFAULT_MODE:
             preset = preset.edited(ca_upscale_mode=ca_upscale_mode)
-        logger.info(f"ApplyRAUNetSimple: Using preset {family} {res}: {preset.describe()}")
+        logger.info(f"{cls.node_id}: Using preset {family} {res}: {preset.describe()}")
         return io.NodeOutput(raunet.apply_raunet(model, settings.build_settings(None, **preset.settings())))
 
 

@@ -57,24 +57,12 @@ def _result(output: Any) -> Any:
     return output.result[0] if hasattr(output, "result") else output[0]
 
 
-def schema_defaults(node: Any) -> dict[str, Any]:
-    """A V3 node's widget values as a user finds them on a freshly placed node: each
-    input's default, or a combo's first option (the model and other links excluded)."""
-    values = {}
-    for item in node.define_schema().inputs:
-        default = getattr(item, "default", None)
-        options = getattr(item, "options", None)
-        if default is not None:
-            values[item.id] = default
-        elif options:
-            values[item.id] = options[0]
-    return values
-
-
 def _deep_shrink(model: Any, native: int, height: int, width: int) -> Any:
     from comfy_extras.nodes_model_downscale import PatchModelAddDownscale
 
-    return _result(PatchModelAddDownscale.execute(model=model, **schema_defaults(PatchModelAddDownscale)))
+    from ..bench.comfy_env import placed_values
+
+    return _result(PatchModelAddDownscale.execute(model=model, **placed_values(PatchModelAddDownscale)))
 
 
 def _msw_msa(model: Any, native: int, height: int, width: int) -> Any:

@@ -25,6 +25,7 @@ from harness import (  # noqa: E402
     load_pack,
     load_third_party,
     pack_module,
+    placed_values,
     sample,
     tiny_model,
 )
@@ -106,11 +107,9 @@ def bleh_method_against_bleh(mode: str = REFERENCE_MODE) -> dict:
 def with_defaults(node: dict, node_cls, workflows) -> None:
     """Fill the widgets a saved workflow has no value for with their defaults, as the frontend
     does (our nodes added the optional yaml_parameters after the seed's inputs)."""
-    slots = workflows.widget_slots(node_cls)
-    specs = {**node_cls.INPUT_TYPES()["required"], **node_cls.INPUT_TYPES().get("optional", {})}
+    placed = placed_values(node_cls)
     values = node["widgets_values"]
-    for name in slots[len(values) :]:
-        values.append(specs[name][1].get("default", "") if len(specs[name]) > 1 else "")
+    values.extend(placed[name] for name in workflows.widget_slots(node_cls)[len(values) :])
 
 
 def seed_workflow_with_random_modes(registry: dict) -> dict:

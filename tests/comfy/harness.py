@@ -20,7 +20,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 # Shared with the benchmark, so both see ComfyUI and the pack the same way.
-from hidiff.bench.comfy_env import comfyui_available, comfyui_path, comfyui_version, load_pack  # noqa: E402, F401
+from hidiff.bench.comfy_env import comfyui_available, comfyui_path, comfyui_version, load_pack, placed_values  # noqa: E402, F401
 
 FEATURE_SKIP = "needs a ComfyUI feature this version lacks:"
 """Start of the reason of a skip that is allowed in CI: the running ComfyUI lacks what the test checks."""

@@ -34,6 +34,7 @@ from compat_common import (
 from harness import (
     fresh_model,
     load_third_party,
+    placed_values,
     sample,
     tiny_model,
 )
@@ -108,14 +109,7 @@ and 1280 channels (SD1.x and SDXL widths), so on the 32-channel tiny model it wo
 def freeu_advanced_node(registry: dict) -> tuple[str, dict]:
     """WAS_FreeU with every widget at what a newly placed node shows (a combo's first option,
     else the default), as the frontend queues it, and target_block all."""
-    types = registry["WAS_FreeU"].INPUT_TYPES()
-    values = {
-        name: spec[0][0] if isinstance(spec[0], list) else spec[1]["default"]
-        for section in ("required", "optional")
-        for name, spec in types.get(section, {}).items()
-        if spec[0] != "MODEL"
-    }
-    return "WAS_FreeU", {**values, "target_block": "all"}
+    return "WAS_FreeU", {**placed_values(registry["WAS_FreeU"]), "target_block": "all"}
 
 
 @compat(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hidiff.quality import lab, models, train
+from hidiff.bench.comfy_env import placed_values
+from hidiff.quality import models, train
 
 
 @pytest.mark.parametrize("layout", ["sd15", "sdxl"])
@@ -81,7 +82,7 @@ def test_deep_shrink_takes_the_defaults_of_comfyuis_own_schema(pack):
     its schema (not retyped here), so a ComfyUI that changes them changes the row."""
     from comfy_extras.nodes_model_downscale import PatchModelAddDownscale
 
-    values = lab.schema_defaults(PatchModelAddDownscale)
+    values = placed_values(PatchModelAddDownscale)
     assert "model" not in values
     names = [item.id for item in PatchModelAddDownscale.define_schema().inputs if item.id != "model"]
     assert sorted(values) == sorted(names)

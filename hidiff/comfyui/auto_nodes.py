@@ -16,7 +16,7 @@ from typing import Any
 from comfy_api.latest import io, ui
 
 from ..core.cost import unet_costs
-from ..core.measured import SCHEDULE_NAMES
+from ..core.measured import SCHEDULE_CHOICES, SCHEDULE_NAMES
 from ..core.official import aggressive_by_default
 from ..core.plan import AutoPlan, plan_for
 from ..core.unet_map import Family
@@ -36,15 +36,17 @@ from .params import (
 )
 
 ADVANCED_KEYS = {
-    "schedule": "measured (default: SDXL's RAD at the first Downsample, measured in the quality lab) "
-    "or official (the paper's schedule for every family)",
+    "schedule": "measured (default: measured in the quality lab: native windows, and SDXL's RAD at the first "
+    "Downsample) "
+    "or official (the paper's schedule for every family), or one of the paper's by name at any size: "
+    "sd15_1024, sd15_2048 (SD1.x/SD2.x), sdxl_2048, sdxl_4096, sdxl_turbo_1024 (SDXL)",
     "native_resolution": "the model's native size in pixels (default: from the model: SD1.x 512, SD2.x-v 768, SDXL 1024)",
     "turbo": "true for SDXL-Turbo-style few-step models (pooling only, first half of sampling)",
     "aggressive": "SDXL below 4096px: RAD first, then pooling (default: true, except for inpainting UNets "
     "and Playground v2.5-style EDM models)",
     "text_to_image_controlnet": "true: the official SDXL ControlNet schedule (pooling until 50% instead of 40%)",
     "window_grid": "MSW-MSA's grid of windows: 2x2 (the official method), native (no window larger than the "
-    "native token grid) or RxC (default: native with the measured SDXL schedule, 2x2 otherwise)",
+    "native token grid) or RxC (default: native with the measured schedule, 2x2 with the official ones)",
     "verbose": "true: also log each effect's settings",
 }
 
@@ -74,7 +76,7 @@ def parse_advanced(text: str | None) -> AutoOptions:
             if key in values
         }
         if "schedule" in values:
-            flags["schedule"] = require_choice("schedule", values["schedule"], SCHEDULE_NAMES)
+            flags["schedule"] = require_choice("schedule", values["schedule"], SCHEDULE_CHOICES)
         if "window_grid" in values:
             flags["window_grid"] = parse_window_grid(values["window_grid"])
     return AutoOptions(native_resolution=native, **flags)
@@ -167,9 +169,10 @@ _ADVANCED_INPUT = io.String.Input(
 
 class ApplyHiDiffusion(PackNode):
     """HiDiffusion with no block knowledge: reads the model's structure and native size,
-    compares it with the target size and applies MSW-MSA and a RAU-Net schedule: for SDXL the
-    one the quality lab measured, otherwise (or with schedule: official) the official one. At or
-    below the native size it does nothing and says so.
+    compares it with the target size and applies MSW-MSA and a RAU-Net schedule: by default the
+    one the quality lab measured (native windows; for SDXL also RAD at the first Downsample),
+    with schedule: official the official one. At or below the native size it does nothing and
+    says so.
     """
 
     node_id = "ApplyHiDiffusion"

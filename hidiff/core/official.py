@@ -86,6 +86,55 @@ def aggressive_by_default(in_channels: int, playground: bool = False) -> bool:
     return in_channels != INPAINTING_IN_CHANNELS and not playground
 
 
+OFFICIAL_KEYS: dict[Family, tuple[str, ...]] = {
+    Family.SD15: ("sd15_1024", "sd15_2048"),
+    Family.SDXL: ("sdxl_2048", "sdxl_4096", "sdxl_turbo_1024"),
+}
+"""The official ratio table's schedules per family, named by the size they were written for."""
+
+
+def official_key(family: Family, latent_height: int, latent_width: int, *, turbo: bool = False) -> str:
+    """The official table's schedule for a latent of this size.
+
+    The official thresholds are absolute sizes (a latent side of 256 for SD1.x/SD2.x, 512
+    for SDXL, whatever the model's native size), so they equal four times the default
+    native side of SD1.5 and SDXL.
+    """
+    if family is Family.SD15:
+        return "sd15_1024" if latent_height < 256 or latent_width < 256 else "sd15_2048"
+    if turbo:
+        return "sdxl_turbo_1024"
+    return "sdxl_2048" if latent_height < 512 or latent_width < 512 else "sdxl_4096"
+
+
+def official_by_key(
+    family: Family, key: str, *, aggressive: bool = True, text_to_image_controlnet: bool = False
+) -> Schedule:
+    """The official table's schedule ``key`` (one of ``OFFICIAL_KEYS[family]``), at any size.
+
+    Raises ValueError for a key of another family or none.
+    """
+    if key not in OFFICIAL_KEYS[family]:
+        raise ValueError(f"schedule {key!r} is not one of this family's: {', '.join(OFFICIAL_KEYS[family])}")
+    traits = FAMILY_TRAITS[family]
+
+    def schedule(rad: StepWindow | None, pool: StepWindow | None) -> Schedule:
+        return Schedule(key, rad, pool, traits.rad_level, traits.pool_level)
+
+    if key == "sd15_1024":
+        return schedule(rad=StepWindow(0.0, 0.4), pool=None)
+    if key == "sd15_2048":
+        return schedule(rad=StepWindow(0.0, 0.7), pool=StepWindow(0.0, 0.3))
+    if key == "sdxl_turbo_1024":
+        return schedule(rad=None, pool=StepWindow(0.0, 0.5))
+    if key == "sdxl_2048":
+        t1 = 0.5 if text_to_image_controlnet else 0.4
+        if aggressive:
+            return schedule(rad=StepWindow(0.0, AGGRESSIVE_STEP), pool=StepWindow(AGGRESSIVE_STEP, t1))
+        return schedule(rad=None, pool=StepWindow(0.0, t1))
+    return schedule(rad=StepWindow(0.0, 0.3), pool=StepWindow(0.0, 0.7))
+
+
 def official_schedule(
     family: Family,
     latent_height: int,
@@ -105,20 +154,5 @@ def official_schedule(
         text_to_image_controlnet: the official SDXL text-to-image ControlNet variant keeps
             pooling until 50 % instead of 40 %.
     """
-    traits = FAMILY_TRAITS[family]
-
-    def schedule(key: str, rad: StepWindow | None, pool: StepWindow | None) -> Schedule:
-        return Schedule(key, rad, pool, traits.rad_level, traits.pool_level)
-
-    if family is Family.SD15:
-        if latent_height < 256 or latent_width < 256:
-            return schedule("sd15_1024", rad=StepWindow(0.0, 0.4), pool=None)
-        return schedule("sd15_2048", rad=StepWindow(0.0, 0.7), pool=StepWindow(0.0, 0.3))
-    if turbo:
-        return schedule("sdxl_turbo_1024", rad=None, pool=StepWindow(0.0, 0.5))
-    if latent_height < 512 or latent_width < 512:
-        t1 = 0.5 if text_to_image_controlnet else 0.4
-        if aggressive:
-            return schedule("sdxl_2048", rad=StepWindow(0.0, AGGRESSIVE_STEP), pool=StepWindow(AGGRESSIVE_STEP, t1))
-        return schedule("sdxl_2048", rad=None, pool=StepWindow(0.0, t1))
-    return schedule("sdxl_4096", rad=StepWindow(0.0, 0.3), pool=StepWindow(0.0, 0.7))
+    key = official_key(family, latent_height, latent_width, turbo=turbo)
+    return official_by_key(family, key, aggressive=aggressive, text_to_image_controlnet=text_to_image_controlnet)

@@ -200,7 +200,7 @@ def plan_for(
     schedule_name: str = SCHEDULE_NAMES[0],
 ) -> AutoPlan:
     """The plan for a latent of ``latent_height`` x ``latent_width`` on this UNet, with
-    the ``schedule_name`` schedule (:data:`~hidiff.core.measured.SCHEDULE_NAMES`).
+    the ``schedule_name`` schedule (:data:`~hidiff.core.measured.SCHEDULE_CHOICES`).
 
     Raises ValueError for a model that is not an SD1.x/SD2.x/SDXL-like UNet.
     """
@@ -227,7 +227,14 @@ def plan_for(
         aggressive=aggressive,
         text_to_image_controlnet=text_to_image_controlnet,
     )
-    schedule = schedule_for(schedule_name, official, family, turbo=turbo, aggressive=aggressive)
+    schedule = schedule_for(
+        schedule_name,
+        official,
+        family,
+        turbo=turbo,
+        aggressive=aggressive,
+        text_to_image_controlnet=text_to_image_controlnet,
+    )
     rad_in = unet.downsample_leaving(schedule.rad_level) if schedule.rad else None
     pool_in = unet.first_block_at(schedule.pool_level) if schedule.pool else None
     rad_pair = (rad_in, unet.downsample_pairs()[rad_in]) if rad_in is not None else None

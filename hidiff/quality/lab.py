@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..core.official import FAMILY_TRAITS, official_key
 from . import counter, models
 
 BATCH = 16
@@ -100,6 +101,19 @@ def _auto(schedule: str, window_grid: str | None = None, raunet: bool = True) ->
     return patch
 
 
+def _auto_ratio(model: Any, native: int, height: int, width: int) -> Any:
+    """The auto node with the official table's schedule for the same multiple of a real
+    model's native side: at 4x the lab's side, the schedule a real SD1.5 gets at 2048 px.
+
+    The official thresholds are absolute sizes; this config measures them as ratios."""
+    from ..comfyui.model_info import unet_map_of
+
+    family = unet_map_of(model).family
+    real_native = FAMILY_TRAITS[family].native_latent
+    key = official_key(family, height * real_native // native, width * real_native // native)
+    return _auto(key)(model, native, height, width)
+
+
 CONFIGS: tuple[Config, ...] = (
     Config("unpatched", "unpatched"),
     Config("deep_shrink", "Deep Shrink (core, defaults)", _deep_shrink),
@@ -109,6 +123,8 @@ CONFIGS: tuple[Config, ...] = (
     Config("raunet_ultra", "RAU-Net Simple ultra", _raunet_simple("ultra")),
     Config("auto", "HiDiffusion (auto node)", _auto("measured")),
     Config("auto_official", "HiDiffusion (auto node, schedule: official)", _auto("official")),
+    Config("auto_ratio", "HiDiffusion (auto node, official schedule for the ratio to native)", _auto_ratio),
+    Config("auto_sd15_2048", "HiDiffusion (auto node, schedule: sd15_2048)", _auto("sd15_2048")),
     Config("auto_2x2", "HiDiffusion (auto node, window_grid: 2x2)", _auto("measured", "2x2")),
     Config("auto_native", "HiDiffusion (auto node, window_grid: native)", _auto("measured", "native")),
     Config("auto_msw", "auto node, MSW-MSA only, window_grid: 2x2", _auto("measured", "2x2", raunet=False)),

@@ -39,6 +39,8 @@ def logged_plan(logs) -> str:
 
 
 OFFICIAL = "schedule: official"
+SD15_2048 = "schedule: sd15_2048"
+SDXL_4096 = "schedule: sdxl_4096"
 
 # (layout, width, height, advanced, schedule key, RAD pair + percents, pool pair + percents, MSW in/out)
 CASES = [
@@ -53,6 +55,9 @@ CASES = [
     ("sdxl", 2048, 2048, OFFICIAL, "sdxl_2048", ("6", "2", 0.0, 0.16), ("4", "5", 0.16, 0.4), ("4,5", "3,4,5")),
     ("sdxl", 4096, 4096, OFFICIAL, "sdxl_4096", ("6", "2", 0.0, 0.3), ("4", "5", 0.0, 0.7), ("4,5", "3,4,5")),
     ("sdxl_small", 2048, 2048, OFFICIAL, "sdxl_2048", ("4", "1", 0.0, 0.16), ("3", "3", 0.16, 0.4), ("3", "2,3")),
+    # an official schedule by name, away from the size it was written for
+    ("sd15", 1024, 1024, SD15_2048, "sd15_2048", ("3", "8", 0.0, 0.7), ("4", "8", 0.0, 0.3), ("1,2", "9,10,11")),
+    ("sdxl", 2048, 2048, SDXL_4096, "sdxl_4096", ("6", "2", 0.0, 0.3), ("4", "5", 0.0, 0.7), ("4,5", "3,4,5")),
 ]
 
 
@@ -83,6 +88,14 @@ def test_plan_follows_structure_and_schedule(pack, layout, width, height, advanc
 def test_a_schedule_that_does_not_exist_is_refused_by_name(pack):
     message = pack["ApplyHiDiffusion"].validate_inputs(advanced="schedule: fastest")
     assert isinstance(message, str) and "schedule" in message and "measured, official" in message
+
+
+def test_another_familys_schedule_is_refused_before_sampling(pack):
+    """The YAML check cannot know the model; the node's run does, and names this family's schedules."""
+    with pytest.raises(
+        ValueError, match="HiDiffusion: schedule 'sdxl_4096' is not one of this family's: sd15_1024, sd15_2048"
+    ):
+        auto(pack, tiny_model("sd15"), 2048, 2048, "schedule: sdxl_4096")
 
 
 def test_feature_map_sizes_are_reported(pack):
@@ -249,7 +262,8 @@ def test_inspect_flop_estimate_agrees_with_a_counted_call(pack):
 @pytest.mark.parametrize(
     ("family", "advanced", "grid", "side"),
     [
-        ("sd15", None, "2x2", None),  # SD1.x keeps the official schedule, and its windows
+        ("sd15", None, "native", 64),  # the measured SD1.x schedule's windows (quality lab)
+        ("sd15", "schedule: official", "2x2", None),
         ("sd15", "window_grid: native", "native", 64),
         ("sd15", "window_grid: native\nnative_resolution: 1024", "native", 128),
         ("sd15", "window_grid: 4X3", "4x3", None),

@@ -17,9 +17,9 @@ from comfy_api.latest import io, ui
 
 from ..core.cost import unet_costs
 from ..core.measured import SCHEDULE_CHOICES, SCHEDULE_NAMES
-from ..core.official import aggressive_by_default
+from ..core.official import OFFICIAL_KEYS, aggressive_by_default
 from ..core.plan import AutoPlan, plan_for
-from ..core.unet_map import Family
+from ..core.unet_map import FAMILY_NAMES, Family
 from ..core.windows import parse_window_grid
 from ..log import logger
 from . import msw_msa, raunet
@@ -37,9 +37,8 @@ from .params import (
 
 ADVANCED_KEYS = {
     "schedule": "measured (default: measured in the quality lab: native windows, and SDXL's RAD at the first "
-    "Downsample) "
-    "or official (the paper's schedule for every family), or one of the paper's by name at any size: "
-    "sd15_1024, sd15_2048 (SD1.x/SD2.x), sdxl_2048, sdxl_4096, sdxl_turbo_1024 (SDXL)",
+    "Downsample) or official (the paper's schedule for every family), or one of the paper's by name at any size: "
+    + "; ".join(f"{', '.join(keys)} ({FAMILY_NAMES[family]})" for family, keys in OFFICIAL_KEYS.items()),
     "native_resolution": "the model's native size in pixels (default: from the model: SD1.x 512, SD2.x-v 768, SDXL 1024)",
     "turbo": "true for SDXL-Turbo-style few-step models (pooling only, first half of sampling)",
     "aggressive": "SDXL below 4096px: RAD first, then pooling (default: true, except for inpainting UNets "

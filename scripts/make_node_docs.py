@@ -16,6 +16,7 @@ DOCS = ROOT / "web" / "docs"
 NODES = {
     "ApplyHiDiffusion": "HiDiffusion (`ApplyHiDiffusion`)",
     "HiDiffusionInspect": "HiDiffusion Inspect (`HiDiffusionInspect`)",
+    "HiDiffusionHiresFix": "HiDiffusion Hires Fix (`HiDiffusionHiresFix`)",
     "ApplyMSWMSAAttention": "ApplyMSWMSAAttention",
     "ApplyMSWMSAAttentionSimple": "ApplyMSWMSAAttentionSimple",
     "ApplyRAUNet": "ApplyRAUNet",

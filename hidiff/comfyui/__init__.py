@@ -3,6 +3,7 @@
 Modules:
     nodes             the extension entry point: the node classes of the modules below.
     auto_nodes        ApplyHiDiffusion and HiDiffusionInspect (plan from the model and the size).
+    guided_nodes      HiDiffusionHiresFix (the auto node's plan for the target size + the low-band lock).
     raunet_nodes      ApplyRAUNet and ApplyRAUNetSimple.
     msw_msa_nodes     ApplyMSWMSAAttention and ApplyMSWMSAAttentionSimple.
     node_common       the node bases (PackNode: a node declared by class members, its schema written
@@ -14,6 +15,7 @@ Modules:
     blocks            parsing the comma block lists users type.
     raunet            RAU-Net as Downsample/Upsample handlers and block patches; the pair checks.
     msw_msa           MSW-MSA as an attn1 replace patch.
+    guide             the low-band lock as a post-CFG function.
     resampling        the resize methods offered (ours, then ComfyUI-bleh's) and their seeded host.
     controlnet        ControlNet / T2I-Adapter residuals fitted to RAU-Net's shrunk maps.
     interop           other nodes RAU-Net refuses or warns about (Deep Shrink, SAG, FreeU V2, SUPIR).

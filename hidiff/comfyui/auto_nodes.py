@@ -34,6 +34,7 @@ from .params import (
     require_choice,
     require_native_resolution,
 )
+from .run_state import install_native_gate
 
 ADVANCED_KEYS = {
     "schedule": "measured (default: measured in the quality lab: native windows, and SDXL's RAD at the first "
@@ -66,7 +67,12 @@ class AutoOptions:
 
 def parse_advanced(text: str | None) -> AutoOptions:
     """The ``advanced`` YAML, checked; errors name the key and list the valid ones."""
-    values = parse_yaml_parameters(text, ADVANCED_KEYS, input_name="advanced")
+    return auto_options(parse_yaml_parameters(text, ADVANCED_KEYS, input_name="advanced"))
+
+
+def auto_options(values: dict[str, Any]) -> AutoOptions:
+    """The auto node's keys of a parsed ``advanced`` mapping, checked (other keys are ignored)."""
+    values = {key: value for key, value in values.items() if key in ADVANCED_KEYS}
     with naming_the_yaml(values, input_name="advanced"):
         native = require_native_resolution(values.get("native_resolution"))
         flags = {
@@ -108,8 +114,13 @@ def make_plan(
 ) -> tuple[AutoPlan, AutoOptions]:
     """The plan for this model and size, with the advanced options applied."""
     options = parse_advanced(advanced)
-    unet = unet_map_of(model)
     latent_h, latent_w = target_latent(width, height, latent)
+    return plan_with(model, latent_h, latent_w, options), options
+
+
+def plan_with(model: Any, latent_h: int, latent_w: int, options: AutoOptions) -> AutoPlan:
+    """The plan for this model and a latent of ``latent_h`` x ``latent_w``, with ``options``."""
+    unet = unet_map_of(model)
     family = unet.family if unet.supported else None
     try:
         plan = plan_for(
@@ -126,19 +137,23 @@ def make_plan(
         raise ParameterError(f"HiDiffusion: {exc}") from None
     if options.window_grid is not None and plan.schedule is not None:
         plan = dataclasses.replace(plan, schedule=dataclasses.replace(plan.schedule, window_grid=options.window_grid))
-    return plan, options
+    return plan
 
 
 def apply_plan(
     model: Any, plan: AutoPlan, use_raunet: bool, use_msw_msa: bool, options: AutoOptions | None = None
 ) -> Any:
-    """Apply the plan with the advanced nodes' own code, so it equals them set by hand."""
+    """Apply the plan with the advanced nodes' own code, so it equals them set by hand above
+    the native size, and gate it per call: any UNet call at or below the plan's native size
+    (a hires fix's first pass, a tiled upscaler's tiles) runs as the unpatched model."""
     patched = model
     options = options or AutoOptions()
     if use_raunet and (plan.rad_pair or plan.pool_pair):
         patched = raunet.apply_raunet(patched, plan.raunet_settings(verbose=options.verbose))
     if use_msw_msa and (plan.msw_input_blocks or plan.msw_output_blocks):
         patched = msw_msa.apply_msw_msa(patched, plan.msw_settings(verbose=options.verbose))
+    if patched is not model:
+        install_native_gate(patched, plan.native_latent)
     return patched
 
 

@@ -56,6 +56,7 @@ def schema(node: type, node_id: str, **fields: Any) -> io.Schema:
 SEARCH_ALIASES = {
     "ApplyHiDiffusion": ["hidiffusion", "high res", "highres", "hires", "raunet", "msw-msa", "deep shrink", "upscale"],
     "HiDiffusionInspect": ["hidiffusion", "inspect", "raunet", "msw-msa"],
+    "HiDiffusionHiresFix": ["hidiffusion", "hires fix", "highres fix", "upscale", "guided", "demofusion", "4k"],
     "ApplyRAUNet": ["hidiffusion", "raunet", "rau-net", "high res", "deep shrink", "upscale"],
     "ApplyRAUNetSimple": ["hidiffusion", "raunet", "rau-net", "high res", "deep shrink", "upscale"],
     "ApplyMSWMSAAttention": ["hidiffusion", "msw-msa", "mswmsa", "window attention", "high res"],
@@ -160,13 +161,18 @@ class PackNode(io.ComfyNode):
         raise NotImplementedError(f"{cls.__name__} lists no inputs")
 
     @classmethod
+    def node_outputs(cls) -> list[Any]:
+        """The node's outputs: one ``output_type`` unless a node lists more."""
+        return [cls.output_type.Output(tooltip=cls.output_tooltip)]
+
+    @classmethod
     def define_schema(cls) -> io.Schema:
         return schema(
             cls,
             node_id=cls.node_id,
             display_name=cls.display_name,
             inputs=cls.node_inputs(),
-            outputs=[cls.output_type.Output(tooltip=cls.output_tooltip)],
+            outputs=cls.node_outputs(),
             is_output_node=cls.is_output_node,
         )
 

@@ -13,6 +13,7 @@ from typing import Any
 RAUNET = "hidiffusion_raunet"
 MSW_MSA = "hidiffusion_msw_msa"
 CONTROLNET = "hidiffusion_controlnet"
+GUIDE = "hidiffusion_guide"
 
 
 class SharedPatch:

@@ -11,6 +11,11 @@ Whatever effects a model carries, the pack registers two wrappers under one key,
   call once (a device-to-host copy, so a GPU sync) and hands the float to every block and
   attention patch of that call in its ``transformer_options``.
 
+A model can carry the native-size gate (:func:`install_native_gate`, the auto node's):
+every UNet call whose own latent is at or below the native size
+(:func:`hidiff.core.gate.at_or_below_native`) then runs with none of the pack's patches,
+exactly as the unpatched model, and the run says so once.
+
 Nothing is kept on the model, the patch objects or the module, so an interrupted run
 leaves nothing behind, and the same seed gives the same result in any process.
 """
@@ -24,10 +29,11 @@ from typing import Any
 import torch
 from comfy.patcher_extension import WrappersMP
 
+from ..core.gate import at_or_below_native, gated_message
 from ..core.schedule import current_sigma, step_index
 from ..core.windows import shift_sequence
 from ..log import logger
-from .patch_base import SharedPatch
+from .patch_base import SharedPatch, effect_of
 
 PACK = "hidiffusion"
 """The wrapper key of the pack's run wrappers, and the ``transformer_options`` key of the run."""
@@ -51,12 +57,31 @@ class PackRun:
         seed: the sampling seed (None when the sampler gave none).
         sample_sigmas: the run's sigma schedule, used to place calls on steps.
         effects: the effects on the model, each of which gets its own :class:`RunState`.
+        native_latent: the native latent side of the model's gate, or None when it has none.
     """
 
-    def __init__(self, seed: int | None, sample_sigmas: torch.Tensor | None, effects: Iterable[str]) -> None:
+    def __init__(
+        self,
+        seed: int | None,
+        sample_sigmas: torch.Tensor | None,
+        effects: Iterable[str],
+        native_latent: int | None = None,
+    ) -> None:
         self.seed = 0 if seed is None else int(seed)
         self.schedule = [float(s) for s in sample_sigmas.tolist()] if sample_sigmas is not None else None
         self.effects = {effect: RunState(self, effect) for effect in effects}
+        self.native_latent = native_latent
+        self._told: set[str] = set()
+
+    def gates(self, height: int, width: int) -> bool:
+        """Whether a call (or the run) with a ``height`` x ``width`` latent runs unpatched."""
+        return self.native_latent is not None and at_or_below_native(height, width, self.native_latent)
+
+    def tell_once(self, message: str, level: str = "warning") -> None:
+        """Log ``message`` the first time it comes up in this run."""
+        if message not in self._told:
+            self._told.add(message)
+            getattr(logger, level)(message)
 
     def __repr__(self) -> str:
         steps = None if self.schedule is None else len(self.schedule) - 1
@@ -69,7 +94,6 @@ class RunState:
     def __init__(self, run: PackRun, effect: str) -> None:
         self.run = run
         self.effect = effect
-        self._told: set[str] = set()
         self.memo: dict[str, Any] = {}
         """What a patch found out once in this run and need not find out again."""
         self._shifts: dict[Hashable, list[int]] = {}
@@ -84,13 +108,11 @@ class RunState:
         return self.run.schedule
 
     def __repr__(self) -> str:
-        return f"RunState({self.effect!r}, {self.run!r}, told={len(self._told)})"
+        return f"RunState({self.effect!r}, {self.run!r})"
 
     def tell_once(self, message: str, level: str = "warning") -> None:
-        """Log ``message`` the first time it comes up in this run."""
-        if message not in self._told:
-            self._told.add(message)
-            getattr(logger, level)(message)
+        """Log ``message`` the first time it comes up in this run (whichever effect says it)."""
+        self.run.tell_once(message, level)
 
     def step_of(self, sigma: float) -> int:
         """The step of this run's schedule that a call at ``sigma`` belongs to."""
@@ -136,19 +158,27 @@ class RunWrapper(SharedPatch):
         checks: ``(effect, check)`` for each effect on the model, in the order the effects
             were applied; ``check`` (or None) looks at the run before any step (the latent
             and schedule are known) and may refuse it.
+        native_latent: the native latent side of the model's gate (None: no gate). A run
+            whose latent is at or below it skips the checks: every call of it runs unpatched.
     """
 
     hidiffusion_effect = PACK
 
-    def __init__(self, checks: tuple[tuple[str, BeforeRun | None], ...] = ()) -> None:
+    def __init__(self, checks: tuple[tuple[str, BeforeRun | None], ...] = (), native_latent: int | None = None) -> None:
         self.checks = checks
+        self.native_latent = native_latent
 
     def __repr__(self) -> str:
-        return f"RunWrapper(effects={[effect for effect, _ in self.checks]})"
+        return f"RunWrapper(effects={[effect for effect, _ in self.checks]}, native_latent={self.native_latent})"
 
     def with_effect(self, effect: str, check: BeforeRun | None) -> RunWrapper:
         """This wrapper with ``effect`` (re-)registered last, with ``check``."""
-        return RunWrapper(tuple(item for item in self.checks if item[0] != effect) + ((effect, check),))
+        checks = tuple(item for item in self.checks if item[0] != effect) + ((effect, check),)
+        return RunWrapper(checks, self.native_latent)
+
+    def with_gate(self, native_latent: int | None) -> RunWrapper:
+        """This wrapper with the native-size gate at ``native_latent`` (None: no gate)."""
+        return RunWrapper(self.checks, native_latent)
 
     def check_of(self, effect: str) -> BeforeRun | None:
         """The check registered for ``effect``."""
@@ -159,10 +189,12 @@ class RunWrapper(SharedPatch):
     ) -> Any:
         seed = kwargs.get("seed", args[-1] if len(args) >= 4 else None)
         options = executor.class_obj.model_options.setdefault("transformer_options", {})
-        run = options[PACK] = PackRun(seed, sigmas, (effect for effect, _ in self.checks))
+        run = options[PACK] = PackRun(seed, sigmas, (effect for effect, _ in self.checks), self.native_latent)
+        shape = getattr(noise, "shape", ())
+        gated = len(shape) >= 4 and run.gates(int(shape[-2]), int(shape[-1]))
         try:
             for effect, check in self.checks:
-                if check is not None:
+                if check is not None and not gated:
                     check(executor.class_obj, noise, sampler, run.effects[effect])
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
         finally:
@@ -170,11 +202,17 @@ class RunWrapper(SharedPatch):
 
 
 class ReadSigmaOnce(SharedPatch):
-    """The pack's ``DIFFUSION_MODEL`` wrapper: the call's sigma, read once, for every patch.
+    """The pack's ``DIFFUSION_MODEL`` wrapper: the call's sigma, read once, for every patch,
+    and the native-size gate.
 
     ComfyUI gives every patch of one UNet call the same ``transformer_options`` dict
     (attention patches get a shallow copy of it), so the float put there before the call
     reaches them all; it is taken out again when the call ends.
+
+    When the run's model carries the gate and this call's latent is at or below the native
+    size, the call gets a copy of its options without any of the pack's patches (so the
+    UNet runs exactly the stock code) and no sigma (so the pack's inner wrappers, the
+    ControlNet bridge, hand it on untouched); the run is told once.
     """
 
     hidiffusion_effect = PACK
@@ -186,11 +224,42 @@ class ReadSigmaOnce(SharedPatch):
         options = kwargs.get("transformer_options", args[OPTIONS_ARG] if len(args) > OPTIONS_ARG else None)
         if not isinstance(options, dict):
             return executor(*args, **kwargs)
+        run = options.get(PACK)
+        x = args[0] if args else kwargs.get("x")
+        if isinstance(run, PackRun) and x is not None and x.ndim >= 4 and run.gates(x.shape[-2], x.shape[-1]):
+            run.tell_once(gated_message(int(x.shape[-2]), int(x.shape[-1]), run.native_latent), level="info")
+            args, kwargs = _with_options(args, kwargs, without_pack_patches(options))
+            return executor(*args, **kwargs)
         options[SIGMA_KEY] = current_sigma(options.get("sigmas"))
         try:
             return executor(*args, **kwargs)
         finally:
             options.pop(SIGMA_KEY, None)
+
+
+def _with_options(args: tuple, kwargs: dict, options: dict) -> tuple[tuple, dict]:
+    """The call's arguments with ``transformer_options`` replaced, wherever it was passed."""
+    if "transformer_options" in kwargs or len(args) <= OPTIONS_ARG:
+        return args, {**kwargs, "transformer_options": options}
+    return (*args[:OPTIONS_ARG], options, *args[OPTIONS_ARG + 1 :]), kwargs
+
+
+def without_pack_patches(options: dict) -> dict:
+    """A copy of a call's ``transformer_options`` with none of the pack's block, attention
+    and handler patches (other nodes' patches stay, in their order) and no sigma for the
+    pack's wrappers. The lists and dicts it changes are new; ``options`` is untouched."""
+    stripped = {**options, SIGMA_KEY: None}
+    if "patches" in options:
+        stripped["patches"] = {
+            name: [entry for entry in entries if not effect_of(entry[1] if isinstance(entry, tuple) else entry)]
+            for name, entries in options["patches"].items()
+        }
+    if "patches_replace" in options:
+        stripped["patches_replace"] = {
+            name: {key: patch for key, patch in table.items() if not effect_of(patch)}
+            for name, table in options["patches_replace"].items()
+        }
+    return stripped
 
 
 def run_wrapper(model: Any) -> RunWrapper | None:
@@ -213,6 +282,17 @@ def install_run_state(model: Any, effect: str, before_run: BeforeRun | None = No
         model.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, PACK, ReadSigmaOnce())
 
 
+def install_native_gate(model: Any, native_latent: int) -> None:
+    """Gate a patched clone per call: any UNet call of a run whose latent's larger side is at
+    or below ``native_latent`` runs as the unpatched model. The gate belongs to the model:
+    effects added to it later are gated too. Needs the pack's run wrappers (an effect first)."""
+    wrapper = run_wrapper(model)
+    if wrapper is None:
+        raise ValueError("the native gate needs an effect of the pack on the model first")
+    model.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, PACK)
+    model.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, PACK, wrapper.with_gate(native_latent))
+
+
 def run_state(options: dict, effect: str) -> RunState | None:
     """The current run's state of ``effect``, from transformer_options / extra_options."""
     run = options.get(PACK)
@@ -222,8 +302,9 @@ def run_state(options: dict, effect: str) -> RunState | None:
 def sigma_of(options: dict) -> float | None:
     """The sigma of the current model call, from transformer_options / extra_options.
 
-    The float :class:`ReadSigmaOnce` put there for this call; a UNet called without the
-    pack's wrapper (another node calling the layers itself) reads the tensor.
+    The float :class:`ReadSigmaOnce` put there for this call (None in a call the native
+    gate runs unpatched); a UNet called without the pack's wrapper (another node calling
+    the layers itself) reads the tensor.
     """
     if SIGMA_KEY in options:
         return options[SIGMA_KEY]

@@ -9,6 +9,8 @@ Modules:
     presets   the per-family settings of the Simple nodes, placed on the model's blocks.
     official  the official switching schedule per family and size.
     measured  the schedules the quality lab measured, and the choice between them and the official one.
+    gate      the native-size gate: one rule for "this call is at or below the native size".
+    guide     the guided hires fix's low-band lock on the denoised prediction.
     plan      the automatic plan: native-size gate, blocks, phases and the settings of both effects.
     cost      an analytic FLOP estimate of one UNet call.
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .cost import BlockCost, estimate_flops
+from .gate import at_or_below_native
 from .measured import SCHEDULE_NAMES, schedule_for
 from .official import FAMILY_TRAITS, Schedule, StepWindow, official_schedule
 from .schedule import TimeMode
@@ -131,6 +132,9 @@ class AutoPlan:
             f"  MSW-MSA: input {_text(msw.input_blocks)} / output {_text(msw.output_blocks)}, every step, "
             f"window_grid {msw.window_grid}"
         )
+        lines.append(
+            f"  any call at or below the native {self.native_latent * 8}px runs unpatched (native gate, per call)"
+        )
         for phase in self.phases:
             sizes = ", ".join(f"L{level} {w}x{h}" for level, (h, w) in enumerate(phase.sizes))
             lines.append(f"  feature maps, width x height ({phase.label}): {sizes}")
@@ -211,7 +215,7 @@ def plan_for(
     traits = FAMILY_TRAITS[family]
     native = native_latent or traits.native_latent
     latent = (latent_height, latent_width)
-    if max(latent) <= native:
+    if at_or_below_native(latent_height, latent_width, native):
         return AutoPlan(
             family,
             latent,

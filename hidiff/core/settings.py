@@ -65,3 +65,15 @@ class MswMsaSettings:
     def blocks(self, kind: str) -> tuple[int, ...]:
         """The chosen blocks of one kind."""
         return {"input": self.input_blocks, "middle": self.middle_blocks, "output": self.output_blocks}[kind]
+
+
+@dataclass(frozen=True)
+class GuideSettings:
+    """The guided hires fix's low-band lock (:mod:`hidiff.core.guide`)."""
+
+    strength: float = 1.0
+    """``g`` at pure noise; 0 switches the lock off."""
+    exponent: float = 3.0
+    """How fast ``g`` falls with the noise level (DemoFusion's alpha1: 3)."""
+    lowpass: str = "resize"
+    """``resize`` or ``fft`` (:data:`hidiff.core.guide.LOWPASS_MODES`)."""

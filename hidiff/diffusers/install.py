@@ -26,6 +26,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
+from ..core.gate import at_or_below_native
 from ..core.official import aggressive_by_default, official_schedule
 from ..core.windows import shift_sequence
 from ..log import logger
@@ -177,7 +178,7 @@ class Installation:
         return output
 
     def _call_state(self, height: int, width: int, timestep: Any) -> CallState | None:
-        if self.options.gate_native and max(height, width) <= self.native_latent:
+        if self.options.gate_native and at_or_below_native(height, width, self.native_latent):
             return None
         position = self._position(timestep) if timestep is not None else None
         rad = pool = False

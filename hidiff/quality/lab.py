@@ -38,14 +38,22 @@ SCALES: tuple[tuple[int, int], ...] = ((1, 1), (2, 2), (3, 3), (4, 4), (2, 3))
 """Sizes as (height, width) multiples of the native side; the last one is non-square."""
 
 
+SecondPass = Callable[[Any, Any, int, int, int], tuple[Any, Any]]
+"""``(model, native samples, native, height, width) -> (model, latent)`` of a two-pass config's second pass."""
+
+
 @dataclass(frozen=True)
 class Config:
-    """One way to sample at a size: a model transform, or the hires-fix pipeline."""
+    """One way to sample at a size: a model transform, or a two-pass pipeline (``hires``):
+    KSampler at the native size, then ``second`` (default: Upscale Latent By with the same
+    model) and a KSampler at ``denoise``."""
 
     name: str
     label: str
     patch: Callable[[Any, int, int, int], Any] | None = None
     hires: bool = False
+    denoise: float = HIRES_DENOISE
+    second: SecondPass | None = None
 
 
 def _node(name: str) -> Any:
@@ -114,6 +122,27 @@ def _auto_ratio(model: Any, native: int, height: int, width: int) -> Any:
     return _auto(key)(model, native, height, width)
 
 
+GUIDED_DENOISE = 1.0
+"""The guided hires fix's second pass: a KSampler at its default denoise."""
+
+
+def _guided(advanced: str = "") -> SecondPass:
+    """The HiDiffusion Hires Fix node on the native samples, as a user wires it."""
+
+    def second(model: Any, samples: Any, native: int, height: int, width: int) -> tuple[Any, Any]:
+        if height != width or height % native:
+            raise ValueError("the guided node takes one whole scale for both sides")
+        node = _node("HiDiffusionHiresFix")
+        text = f"native_resolution: {native * 8}\n{advanced}"
+        output = node.execute(
+            model=model, latent={"samples": samples}, scale_by=height / native, raunet=True, msw_msa=True, advanced=text
+        )
+        patched, latent = output.result
+        return patched, latent["samples"]
+
+    return second
+
+
 CONFIGS: tuple[Config, ...] = (
     Config("unpatched", "unpatched"),
     Config("deep_shrink", "Deep Shrink (core, defaults)", _deep_shrink),
@@ -130,6 +159,45 @@ CONFIGS: tuple[Config, ...] = (
     Config("auto_msw", "auto node, MSW-MSA only, window_grid: 2x2", _auto("measured", "2x2", raunet=False)),
     Config("auto_msw_native", "auto node, MSW-MSA only, window_grid: native", _auto("measured", "native", False)),
     Config("hires_fix", f"native + upscale + {HIRES_DENOISE} denoise", hires=True),
+    Config(
+        "hires_fix_auto",
+        f"hires fix ({HIRES_DENOISE}) with the auto node's model (set up for the target) in both passes",
+        _auto("measured"),
+        hires=True,
+    ),
+    Config("hires_fix_1", "native + upscale + 1.0 denoise (the guided node's denoise)", hires=True, denoise=1.0),
+    Config(
+        "guided", "HiDiffusion Hires Fix (defaults), denoise 1.0", hires=True, denoise=GUIDED_DENOISE, second=_guided()
+    ),
+    Config(
+        "guided_fft",
+        "HiDiffusion Hires Fix, lowpass: fft",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("lowpass: fft"),
+    ),
+    Config(
+        "guided_exp2",
+        "HiDiffusion Hires Fix, exponent: 2",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("exponent: 2"),
+    ),
+    Config(
+        "guided_exp5",
+        "HiDiffusion Hires Fix, exponent: 5",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("exponent: 5"),
+    ),
+    Config("guided_d075", "HiDiffusion Hires Fix, denoise 0.75", hires=True, denoise=0.75, second=_guided()),
+    Config(
+        "guided_off",
+        "HiDiffusion Hires Fix, strength: 0 (no lock), denoise 1.0",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("strength: 0"),
+    ),
 )
 CONFIG_NAMES = tuple(config.name for config in CONFIGS)
 LABELS = {config.name: config.label for config in CONFIGS}
@@ -151,6 +219,8 @@ class Cell:
     one_good: int = 0
     subjects: int = 0
     detail: list[float] = field(default_factory=list)
+    image_detail: list[float] = field(default_factory=list)
+    """Every image's detail in seed order, NaN for an image without a subject to measure."""
     seconds: float = 0.0
     error: str | None = None
 
@@ -162,8 +232,22 @@ class Cell:
         self.one_good += sum(r.subjects == 1 and r.well_formed == 1 for r in readings)
         self.subjects += sum(r.subjects for r in readings)
         self.detail.extend(d for d in details if not math.isnan(d))
+        self.image_detail.extend(details)
 
-    def figures(self, native_detail: float | None = None) -> dict[str, Any]:
+    def median_detail(self, native_images: list[float]) -> float:
+        """The median over seeds of each image's detail against the native sample of the same
+        seed: a few images with large Laplacian energy cannot carry it, as they carry the mean."""
+        ratios = sorted(
+            mine / native
+            for mine, native in zip(self.image_detail, native_images)
+            if not (math.isnan(mine) or math.isnan(native)) and native > 0
+        )
+        if not ratios:
+            return float("nan")
+        middle = len(ratios) // 2
+        return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+
+    def figures(self, native_detail: float | None = None, native_images: list[float] | None = None) -> dict[str, Any]:
         n = max(self.images, 1)
         detail = sum(self.detail) / len(self.detail) if self.detail else float("nan")
         return {
@@ -178,6 +262,7 @@ class Cell:
             "one_good_rate": self.one_good / n,
             "mean_subjects": self.subjects / n,
             "detail": detail / native_detail if native_detail else detail,
+            "median_detail": self.median_detail(native_images) if native_images else float("nan"),
             "seconds_per_image": self.seconds / n,
             "error": self.error,
         }
@@ -207,21 +292,27 @@ def sample_batch(
     width: int,
     sampler: str,
     *,
-    hires: bool = False,
+    config: Config | None = None,
 ) -> torch.Tensor:
-    """The images of ``seeds`` at ``height`` x ``width`` (latent pixels), in the model's space."""
+    """The images of ``seeds`` at ``height`` x ``width`` (latent pixels), in the model's space;
+    a two-pass ``config`` samples the native size first."""
     import comfy.sample
     import comfy.utils
 
+    hires = config is not None and config.hires
     positive, negative = models.conditioning(native=native)
     first_height, first_width = (native, native) if hires else (height, width)
     latent = torch.zeros(len(seeds), 4, first_height, first_width)
     noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed) for seed in seeds])
     samples = _ksampler(model, seeds[0], sampler, positive, negative, latent, noise, 1.0)
     if hires:
-        upscaled = comfy.utils.common_upscale(samples, width, height, HIRES_UPSCALE, "disabled")
+        if config.second is None:
+            second_model = model
+            upscaled = comfy.utils.common_upscale(samples, width, height, HIRES_UPSCALE, "disabled")
+        else:
+            second_model, upscaled = config.second(model, samples, native, height, width)
         noise = torch.cat([comfy.sample.prepare_noise(upscaled[:1], seed) for seed in seeds])
-        samples = _ksampler(model, seeds[0], sampler, positive, negative, upscaled, noise, HIRES_DENOISE)
+        samples = _ksampler(second_model, seeds[0], sampler, positive, negative, upscaled, noise, config.denoise)
     return model.model.process_latent_in(samples)
 
 
@@ -252,7 +343,11 @@ def run_cell(
     for start in range(0, len(seeds), BATCH):
         chunk = seeds[start : start + BATCH]
         began = time.perf_counter()
-        out = sample_batch(patched, layout, native, chunk, height, width, sampler, hires=config.hires)
+        try:
+            out = sample_batch(patched, layout, native, chunk, height, width, sampler, config=config)
+        except ValueError as exc:  # a node refusing a size is a finding, not a crash
+            cell.error = f"{type(exc).__name__}: {exc}"
+            return cell, None
         cell.seconds += time.perf_counter() - began
         cell.add(counter.read_all(out, native), [detail_energy(image) for image in out])
         images.append(out)
@@ -283,6 +378,7 @@ def run(settings: LabSettings, on_row: Callable[[dict[str, Any]], None]) -> tupl
         for sampler in settings.samplers:
             reference = run_cell(model, layout, native, CONFIGS[0], (1, 1), sampler, seeds)
             native_detail = reference[0].figures()["detail"]
+            native_images = reference[0].image_detail
             for scale in settings.scales:
                 for config in CONFIGS:
                     if config.name not in settings.configs:
@@ -291,7 +387,7 @@ def run(settings: LabSettings, on_row: Callable[[dict[str, Any]], None]) -> tupl
                         cell, out = reference  # the native reference is this very cell
                     else:
                         cell, out = run_cell(model, layout, native, config, scale, sampler, seeds)
-                    row = cell.figures(native_detail)
+                    row = cell.figures(native_detail, native_images)
                     rows.append(row)
                     if out is not None:
                         images[(layout, config.name, scale, sampler)] = out

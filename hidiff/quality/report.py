@@ -19,7 +19,8 @@ def format_row(row: dict[str, Any]) -> str:
         f"dup {row['duplicate_rate']:5.0%}  empty {row['empty_rate']:5.0%}  "
         f"malformed {row['malformed_rate']:5.0%}  "
         f"one good {row['one_good_rate']:5.0%}  subjects {row['mean_subjects']:4.2f}  "
-        f"detail {row['detail']:4.2f}  {row['seconds_per_image']:.2f} s/image"
+        f"detail {row['detail']:4.2f}  median detail {row.get('median_detail', float('nan')):4.2f}  "
+        f"{row['seconds_per_image']:.2f} s/image"
     )
 
 
@@ -47,6 +48,7 @@ TABLE_COLUMNS = (
     ("one_good_rate", "one good", "{:.0%}"),
     ("mean_subjects", "subjects", "{:.2f}"),
     ("detail", "detail", "{:.2f}"),
+    ("median_detail", "median detail", "{:.2f}"),
     ("seconds_per_image", "s/image", "{:.2f}"),
 )
 
@@ -113,11 +115,12 @@ def markdown(rows: list[dict[str, Any]], settings: LabSettings, command: str, gr
         f"torch {torch.__version__}.",
         f"- {settings.seeds} seeds per cell (from {settings.first_seed}), {STEPS} steps, CFG {CFG}, scheduler "
         f"{SCHEDULER}; hires-fix: KSampler at the native size, Upscale Latent By ({HIRES_UPSCALE}), KSampler at "
-        f"denoise {HIRES_DENOISE}.",
+        f"denoise {HIRES_DENOISE} (other two-pass rows name their denoise).",
         "- Native side: " + ", ".join(f"{layout} {models.native_of(layout)} latent px" for layout in settings.layouts),
         "- dup: images with 2 or more subjects; empty: images with none; malformed: images with a subject lacking "
         "one head and two eyes; one good: exactly one well-formed subject; detail: high-frequency energy inside "
-        "subjects relative to unpatched native samples (1.00 = native detail).",
+        "subjects relative to unpatched native samples (1.00 = native detail); median detail: the median over "
+        "seeds of each image's detail against the unpatched native sample of the same seed.",
         "",
         table(rows),
         "",

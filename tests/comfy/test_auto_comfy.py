@@ -171,6 +171,7 @@ def test_auto_equals_the_advanced_nodes_set_by_hand(pack, logs):
     plan = logged_plan(logs)
     assert "RAD/RAU: input 3 -> output 8, percent 0-0.4" in plan
     assert "MSW-MSA: input 1,2 / output 9,10,11, every step" in plan
+    assert "any call at or below the native 512px runs unpatched (native gate, per call)" in plan
     by_hand = (
         pack["ApplyRAUNet"]
         .execute(

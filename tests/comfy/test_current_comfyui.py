@@ -277,11 +277,11 @@ def test_nodes_sit_next_to_core_deep_shrink(pack):
 
 
 def test_every_node_is_declared_on_the_pack_base(pack):
-    """The six nodes declare themselves by class members and one base writes every schema:
+    """The seven nodes declare themselves by class members and one base writes every schema:
     its id, display name, output and inputs come from those members, on whatever ComfyUI runs."""
     node_common = pack_module("hidiff.comfyui.node_common")
     ours = {name: node for name, node in pack.items() if "hidiff" in node.__module__}
-    assert len(ours) == 6
+    assert len(ours) == 7
     for name, node in ours.items():
         assert issubclass(node, node_common.PackNode) and "define_schema" not in vars(node), name
         schema = node.GET_SCHEMA()
@@ -291,7 +291,7 @@ def test_every_node_is_declared_on_the_pack_base(pack):
             node.is_output_node,
         )
         assert [item.id for item in schema.inputs] == [item.id for item in node.node_inputs()]
-        assert [output.io_type for output in schema.outputs] == [node.output_type.io_type]
+        assert [output.io_type for output in schema.outputs] == [output.io_type for output in node.node_outputs()]
     assert list(ours["HiDiffusionInspect"].RETURN_TYPES) == ["STRING"] and ours["HiDiffusionInspect"].OUTPUT_NODE
 
 

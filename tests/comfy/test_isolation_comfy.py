@@ -31,7 +31,14 @@ NODES = {
     },
     "ApplyMSWMSAAttention": MSW,
     "ApplyMSWMSAAttentionSimple": {"model_type": "SDXL"},
-    "ApplyHiDiffusion": {"width": 2048, "height": 2048, "raunet": True, "msw_msa": True, "advanced": "verbose: true"},
+    "ApplyHiDiffusion": {
+        "width": 2048,
+        "height": 2048,
+        "raunet": True,
+        "msw_msa": True,
+        # the sampled 32x24 latent must be above the native size, which the model gates per call
+        "advanced": "verbose: true\nnative_resolution: 128",
+    },
     "HiDiffusionInspect": {"width": 2048, "height": 2048},
 }
 """All six nodes, with inputs under which each one patches (or reports) something."""

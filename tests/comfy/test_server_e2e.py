@@ -87,3 +87,76 @@ def test_bad_input_is_a_validation_error_not_a_crash(server):
     assert any("input_blocks = '3,x' contains 'x'" in e["details"] for e in errors)
     status, _ = http(f"{url}/object_info/KSampler")
     assert status == 200  # the server is still up
+
+
+def _ksampler(model: str, latent: list, denoise: float) -> dict:
+    return {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": model,
+            "seed": 3,
+            "steps": 3,
+            "cfg": 5.0,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "positive": ["4", 0],
+            "negative": ["5", 0],
+            "latent_image": latent,
+            "denoise": denoise,
+        },
+    }
+
+
+def _saved(server, prefix: str):
+    from safetensors.torch import load_file
+
+    (path,) = list((server.base / "output").glob(f"{prefix}_*.latent"))
+    return load_file(str(path))["latent_tensor"]
+
+
+def hires_fix_prompt(model_node: dict) -> dict:
+    """A hires fix wired the usual way: one patched model (``model_node``, on node 1) feeds
+    both KSamplers; the first pass at the native size, then Upscale Latent By 3 and a second
+    pass at 0.5 denoise. Node 9 samples the first pass with the unpatched model."""
+    return {
+        "1": {"class_type": "TestTinyUNet", "inputs": {"family": "sd15"}},
+        "2": model_node,
+        "4": {"class_type": "TestFakeConditioning", "inputs": {"family": "sd15", "seed": 1}},
+        "5": {"class_type": "TestFakeConditioning", "inputs": {"family": "sd15", "seed": 2}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "7": _ksampler(["2", 0], ["6", 0], 1.0),
+        "8": {
+            "class_type": "LatentUpscaleBy",
+            "inputs": {"samples": ["7", 0], "upscale_method": "nearest-exact", "scale_by": 3.0},
+        },
+        "10": _ksampler(["2", 0], ["8", 0], 0.5),
+        "9": _ksampler(["1", 0], ["6", 0], 1.0),
+        "11": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "hires_first"}},
+        "12": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "hires_unpatched"}},
+        "13": {"class_type": "SaveLatent", "inputs": {"samples": ["10", 0], "filename_prefix": "hires_second"}},
+    }
+
+
+def test_hires_fix_with_one_patched_model_keeps_the_first_pass(server):
+    """The auto node set up for the hires fix's target (3x a 128 px native size) feeds both
+    KSamplers: its native-size first pass equals the unpatched one bit for bit (the gate holds
+    per call), and the second pass at 3x runs patched."""
+    auto = {
+        "class_type": "ApplyHiDiffusion",
+        "inputs": {
+            "model": ["1", 0],
+            "width": 384,
+            "height": 384,
+            "raunet": True,
+            "msw_msa": True,
+            "advanced": "native_resolution: 128",
+        },
+    }
+    status, reply = http(f"{server.url}/prompt", {"prompt": hires_fix_prompt(auto), "client_id": str(uuid.uuid4())})
+    assert status == 200 and not reply.get("node_errors"), reply
+    entry = wait_for_history(server, reply["prompt_id"])
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    first, unpatched, second = (_saved(server, p) for p in ("hires_first", "hires_unpatched", "hires_second"))
+    assert first.shape[-2:] == (16, 16) and second.shape[-2:] == (48, 48)
+    assert first.equal(unpatched)
+    assert server.log.count("runs exactly as the unpatched model") == 1, "told once, for the first pass"

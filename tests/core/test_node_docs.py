@@ -21,6 +21,7 @@ def test_every_node_has_a_doc_and_the_pack_declares_the_web_folder():
     assert names == {
         "ApplyHiDiffusion",
         "HiDiffusionInspect",
+        "HiDiffusionHiresFix",
         "ApplyMSWMSAAttention",
         "ApplyMSWMSAAttentionSimple",
         "ApplyRAUNet",

@@ -1,0 +1,167 @@
+"""``HiDiffusionHiresFix`` ("HiDiffusion Hires Fix"): one subject at 3-4x the side.
+
+A hires fix a user recognises: a native-size latent in (a KSampler's, or VAE Encode of an
+existing image), the upscaled latent and a model out, for a stock KSampler. The model is
+the auto node's HiDiffusion for the target size (the same plan, :func:`auto_nodes.plan_with`,
+with its per-call native gate) plus the low-band lock (:mod:`hidiff.comfyui.guide`), which
+keeps the native composition while the high-resolution pass redraws the texture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from comfy_api.latest import io
+
+from ..core.guide import LOWPASS_MODES
+from ..core.settings import GuideSettings
+from ..log import logger
+from .auto_nodes import ADVANCED_KEYS, AutoOptions, apply_plan, auto_options, plan_with
+from .guide import apply_lock
+from .node_common import PackNode
+from .params import (
+    ADVANCED,
+    ParameterError,
+    naming_the_yaml,
+    parse_yaml_parameters,
+    require_choice,
+    require_fraction,
+    require_number,
+)
+
+UPSCALE_METHODS = ("bicubic", "nearest-exact", "bilinear", "area", "bislerp")
+"""How the latent handed to the KSampler is upscaled: Upscale Latent By's methods, bicubic first."""
+GUIDE_KEYS = {
+    "strength": "the lock's weight at pure noise, 0 to 1 (default 1; 0 = no lock, HiDiffusion alone)",
+    "exponent": "how fast the lock fades as noise falls: weight = strength * (cosine ramp)^exponent (default 3)",
+    "lowpass": f"which frequencies are locked: {' or '.join(LOWPASS_MODES)} (default resize)",
+    "upscale_method": f"how the latent is upscaled for the KSampler: {', '.join(UPSCALE_METHODS)} (default bicubic)",
+}
+ALL_KEYS = {**ADVANCED_KEYS, **GUIDE_KEYS}
+
+
+@dataclass(frozen=True)
+class GuidedOptions:
+    """The checked ``advanced`` keys: the auto node's and the lock's."""
+
+    auto: AutoOptions
+    guide: GuideSettings
+    upscale_method: str = UPSCALE_METHODS[0]
+
+
+def parse_guided(text: str | None) -> GuidedOptions:
+    """The ``advanced`` YAML, checked; errors name the key and list the valid ones."""
+    values = parse_yaml_parameters(text, ALL_KEYS, input_name="advanced")
+    auto = auto_options(values)
+    guide = {key: values[key] for key in GUIDE_KEYS if key in values}
+    with naming_the_yaml(guide, input_name="advanced"):
+        settings = GuideSettings(
+            strength=require_fraction("strength", guide.get("strength", GuideSettings.strength)),
+            exponent=_exponent(guide.get("exponent", GuideSettings.exponent)),
+            lowpass=require_choice("lowpass", guide.get("lowpass", GuideSettings.lowpass), LOWPASS_MODES),
+        )
+        method = require_choice("upscale_method", guide.get("upscale_method", UPSCALE_METHODS[0]), UPSCALE_METHODS)
+    return GuidedOptions(auto, settings, method)
+
+
+def _exponent(value: Any) -> float:
+    exponent = require_number("exponent", value)
+    if not 0.0 <= exponent <= 16.0:
+        raise ParameterError(f"exponent = {value!r} is out of range: it must be 0 to 16")
+    return exponent
+
+
+def target_size(samples: Any, scale_by: float) -> tuple[int, int]:
+    """The upscaled latent's (height, width), as Upscale Latent By rounds it; checked."""
+    if samples.ndim != 4:
+        raise ParameterError(
+            f"latent: a {samples.ndim - 1}-D latent (shape {list(samples.shape)}) is not an image latent; "
+            "connect an SD1.x/SD2.x/SDXL image latent (KSampler or VAE Encode output)"
+        )
+    if samples.shape[1] != 4:
+        raise ParameterError(
+            f"latent: {samples.shape[1]} channels; SD1.x/SD2.x/SDXL latents have 4. Connect a latent of the model "
+            "this node patches"
+        )
+    height, width = int(samples.shape[-2]), int(samples.shape[-1])
+    target = round(height * scale_by), round(width * scale_by)
+    if target[0] <= height or target[1] <= width:
+        raise ParameterError(
+            f"scale_by = {scale_by:g} gives a {target[1] * 8}x{target[0] * 8}px target, not larger than the "
+            f"{width * 8}x{height * 8}px latent; use a scale_by above 1 (3 or 4 for 3-4x the side)"
+        )
+    return target
+
+
+class HiDiffusionHiresFix(PackNode):
+    """A hires fix that keeps one subject at 3-4x the model's native side and redraws the detail:
+    connect the native-size latent (from a KSampler, or VAE Encode of an existing image) and feed
+    both outputs to a KSampler (denoise 1). The model gets HiDiffusion for the target size and a
+    lock that holds the image's large shapes to the upscaled input while noise is high, so the
+    composition stays and the texture is new. Works with every sampler and scheduler.
+    """
+
+    node_id = "HiDiffusionHiresFix"
+    display_name = "HiDiffusion Hires Fix"
+
+    @classmethod
+    def node_inputs(cls) -> list[Any]:
+        return [
+            io.Model.Input("model", tooltip="SD1.x, SD2.x or SDXL model; it is never changed."),
+            io.Latent.Input("latent", tooltip="The native-size latent to upscale: a KSampler's, or VAE Encode's."),
+            io.Float.Input(
+                "scale_by",
+                default=3.0,
+                min=1.05,
+                max=8.0,
+                step=0.05,
+                tooltip="Target side = latent side x scale_by (3 or 4: 3-4x the native side).",
+            ),
+            io.Boolean.Input("raunet", default=True, tooltip="RAU-Net for the target size (as the HiDiffusion node)."),
+            io.Boolean.Input("msw_msa", default=True, tooltip="MSW-MSA windowed attention: faster at high resolution."),
+            io.String.Input(
+                "advanced",
+                optional=True,
+                multiline=True,
+                default="",
+                **ADVANCED,
+                tooltip="Optional YAML: strength, exponent, lowpass, upscale_method, and the HiDiffusion node's "
+                "keys (schedule, native_resolution, window_grid, ...).",
+            ),
+        ]
+
+    @classmethod
+    def node_outputs(cls) -> list[Any]:
+        return [
+            io.Model.Output(tooltip="The model with HiDiffusion for the target size and the low-band lock."),
+            io.Latent.Output(tooltip="The upscaled latent: sample it with the model above, denoise 1."),
+        ]
+
+    @classmethod
+    def validate_inputs(cls, advanced: str | None = "") -> bool | str:
+        try:
+            parse_guided(advanced or "")
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def execute(
+        cls, model: Any, latent: dict, scale_by: float, raunet: bool, msw_msa: bool, advanced: str | None = None
+    ) -> io.NodeOutput:
+        import comfy.utils
+
+        options = parse_guided(advanced)
+        samples = latent["samples"]
+        height, width = target_size(samples, scale_by)
+        plan = plan_with(model, height, width, options.auto)
+        logger.info(f"HiDiffusion Hires Fix: {plan.describe()}\n  lock: {options.guide}, from {scale_by:g}x")
+        patched = apply_plan(model, plan, raunet, msw_msa, options.auto) if plan.active else model
+        upscaled = comfy.utils.common_upscale(samples, width, height, options.upscale_method, "disabled")
+        band = (int(samples.shape[-2]), int(samples.shape[-1]))
+        patched = apply_lock(patched, upscaled, band, options.guide)
+        return io.NodeOutput(patched, {**latent, "samples": upscaled})
+
+
+GUIDED_NODES = [HiDiffusionHiresFix]

@@ -26,6 +26,7 @@ from harness import REPO_ROOT, comfyui_version
 OUR_NODES = {
     "ApplyHiDiffusion": "HiDiffusion",
     "HiDiffusionInspect": "HiDiffusion Inspect",
+    "HiDiffusionHiresFix": "HiDiffusion Hires Fix",
     "ApplyRAUNet": "Apply RAU-Net (HiDiffusion)",
     "ApplyRAUNetSimple": "Apply RAU-Net Simple (HiDiffusion)",
     "ApplyMSWMSAAttention": "Apply MSW-MSA Attention (HiDiffusion)",
@@ -111,7 +112,7 @@ def test_the_docs_panel_renders_our_page(comfy, screenshots):
     comfy.screenshot(screenshots / "node-docs.png")
     page = (REPO_ROOT / "web" / "docs" / "ApplyHiDiffusion.md").read_text()
     assert text.splitlines()[0].strip() == page.splitlines()[0].lstrip("# ").strip()
-    assert "Native-resolution gate." in text and "`" not in text  # rendered, not raw markdown
+    assert "Native-resolution gate, per call." in text and "`" not in text  # rendered, not raw markdown
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])

@@ -48,6 +48,7 @@ UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_
 OUR_NODES = {
     "ApplyHiDiffusion",
     "HiDiffusionInspect",
+    "HiDiffusionHiresFix",
     "ApplyMSWMSAAttention",
     "ApplyMSWMSAAttentionSimple",
     "ApplyRAUNet",
@@ -130,6 +131,111 @@ def text_to_image(
         node("save", "SaveImage", 5, images=Ref("decode", "IMAGE"), filename_prefix=prefix),
     ]
 
+
+def guided_hires_fix(
+    ckpt: str,
+    *,
+    positive: str,
+    native: int,
+    scale_by: float,
+    steps: int,
+    cfg: float,
+    sampler: str,
+    scheduler: str,
+    prefix: str,
+    image: str | None = None,
+    tiled_decode: bool = False,
+) -> list[Node]:
+    """Loader and prompts, the native-size latent (a KSampler at ``native`` px, or VAE Encode of
+    ``image``), HiDiffusion Hires Fix, a KSampler at denoise 1 on both of its outputs, decode, save."""
+    if image is None:
+        source = [
+            node("latent", "EmptyLatentImage", 2, row=1, width=native, height=native, batch_size=1),
+            node(
+                "first",
+                "KSampler",
+                3,
+                "KSampler (native size)",
+                model=Ref("ckpt", "MODEL"),
+                positive=Ref("pos", "CONDITIONING"),
+                negative=Ref("neg", "CONDITIONING"),
+                latent_image=Ref("latent", "LATENT"),
+                seed=1,
+                control_after_generate="fixed",
+                steps=steps,
+                cfg=cfg,
+                sampler_name=sampler,
+                scheduler=scheduler,
+                denoise=1.0,
+            ),
+        ]
+        native_latent = Ref("first", "LATENT")
+    else:
+        source = [
+            node("image", "LoadImage", 0, row=1, image=image, upload="image"),
+            node("encode", "VAEEncode", 1, row=1, pixels=Ref("image", "IMAGE"), vae=Ref("ckpt", "VAE")),
+        ]
+        native_latent = Ref("encode", "LATENT")
+    decode = (
+        node(
+            "decode",
+            "VAEDecodeTiled",
+            6,
+            samples=Ref("sampler", "LATENT"),
+            vae=Ref("ckpt", "VAE"),
+            tile_size=1024,
+            overlap=64,
+            temporal_size=64,
+            temporal_overlap=8,
+        )  # fmt: skip
+        if tiled_decode
+        else node("decode", "VAEDecode", 6, samples=Ref("sampler", "LATENT"), vae=Ref("ckpt", "VAE"))
+    )
+    return [
+        node("ckpt", "CheckpointLoaderSimple", 0, ckpt_name=ckpt),
+        node("pos", "CLIPTextEncode", 2, "Positive prompt", text=positive, clip=Ref("ckpt", "CLIP")),
+        node("neg", "CLIPTextEncode", 2, "Negative prompt", text=NEGATIVE, clip=Ref("ckpt", "CLIP")),
+        *source,
+        node(
+            "hires",
+            "HiDiffusionHiresFix",
+            4,
+            model=Ref("ckpt", "MODEL"),
+            latent=native_latent,
+            scale_by=scale_by,
+            raunet=True,
+            msw_msa=True,
+            advanced="",
+        ),
+        node(
+            "sampler",
+            "KSampler",
+            5,
+            "KSampler (target size, denoise 1)",
+            model=Ref("hires", "MODEL"),
+            positive=Ref("pos", "CONDITIONING"),
+            negative=Ref("neg", "CONDITIONING"),
+            latent_image=Ref("hires", "LATENT"),
+            seed=1,
+            control_after_generate="fixed",
+            steps=steps,
+            cfg=cfg,
+            sampler_name=sampler,
+            scheduler=scheduler,
+            denoise=1.0,
+        ),
+        decode,
+        node("save", "SaveImage", 7, images=Ref("decode", "IMAGE"), filename_prefix=prefix),
+    ]
+
+
+GUIDED_NOTE = (
+    "HiDiffusion Hires Fix takes the native-size latent and scale_by, and gives the second KSampler "
+    "the upscaled latent and a model with HiDiffusion for the target size plus a lock that holds the "
+    "image's large shapes to the upscaled latent while the noise is high. Sample it at denoise 1: the "
+    "composition stays, the texture is drawn anew. Any sampler and scheduler work. Its advanced box "
+    "takes YAML: strength, exponent, lowpass, upscale_method, and the HiDiffusion node's keys."
+)
 
 SD15_PROMPT = (
     "a red fox resting on a mossy rock in an autumn forest, morning mist, sunbeams through the trees, "
@@ -352,6 +458,74 @@ WORKFLOWS: dict[str, list[Node]] = {
     ],
 }
 """File name (without .json) -> nodes. Each node's widget values are given by input name."""
+
+WORKFLOWS.update(
+    {  # the guided hires fix: two passes, or an existing image
+        "hires_fix_sd15_2048": [
+            note(
+                "HiDiffusion Hires Fix: SD1.5 at 2048x2048 (4x the native side)\n\n"
+                f"Model: an SD1.x checkpoint ({SD15_CKPT} here; SD2.x works too).\n\n"
+                "The first KSampler draws the image at SD1.5's native 512 px, where it composes one subject. "
+                + GUIDED_NOTE
+            ),
+            *guided_hires_fix(
+                SD15_CKPT,
+                positive=SD15_PROMPT,
+                native=512,
+                scale_by=4.0,
+                steps=25,
+                cfg=7.0,
+                sampler="euler_ancestral",
+                scheduler="normal",
+                prefix="hidiffusion_hires_fix_sd15_2048",
+            ),
+        ],
+        "hires_fix_sdxl_4096": [
+            note(
+                "HiDiffusion Hires Fix: SDXL at 4096x4096 (4x the native side)\n\n"
+                f"Model: an SDXL checkpoint ({SDXL_CKPT} here; finetunes work).\n\n"
+                "The first KSampler draws the image at SDXL's native 1024 px. "
+                + GUIDED_NOTE
+                + "\n\nVAE Decode (Tiled) decodes the 4096 px latent in tiles, within a consumer GPU's memory."
+            ),
+            *guided_hires_fix(
+                SDXL_CKPT,
+                positive=SDXL_PROMPT,
+                native=1024,
+                scale_by=4.0,
+                steps=25,
+                cfg=6.0,
+                sampler="dpmpp_2m",
+                scheduler="karras",
+                prefix="hidiffusion_hires_fix_sdxl_4096",
+                tiled_decode=True,
+            ),
+        ],
+        "upscale_image_4x": [
+            note(
+                "HiDiffusion Hires Fix: upscale an existing image 4x\n\n"
+                f"Model: an SDXL checkpoint ({SDXL_CKPT} here) for an image of about 1024 px; use an SD1.x "
+                "checkpoint for an image of about 512 px. Load your image; describe it in the positive prompt.\n\n"
+                "VAE Encode turns the image into the native-size latent. "
+                + GUIDED_NOTE
+                + "\n\nVAE Decode (Tiled) decodes the large latent in tiles."
+            ),
+            *guided_hires_fix(
+                SDXL_CKPT,
+                positive=SDXL_PROMPT,
+                native=1024,
+                scale_by=4.0,
+                steps=25,
+                cfg=6.0,
+                sampler="dpmpp_2m",
+                scheduler="karras",
+                prefix="hidiffusion_upscale_4x",
+                image=INPUT_IMAGE,
+                tiled_decode=True,
+            ),
+        ],
+    }
+)
 
 
 # --- node definitions --------------------------------------------------------------------

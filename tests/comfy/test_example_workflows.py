@@ -1,5 +1,5 @@
 """The example workflows (example_workflows/*.json, shown in ComfyUI's template browser)
-pass ComfyUI 0.3.64's own prompt validation, cover the five scenarios, and are up to date.
+pass ComfyUI 0.3.64's own prompt validation, cover every scenario, and are up to date.
 
 Users open these files first, so a workflow that ComfyUI refuses ("value not in list",
 a widget value read into the wrong input) is the pack's first impression. Each file is
@@ -33,6 +33,7 @@ WORKFLOW_FILES = sorted(WORKFLOW_DIR.glob("*.json"))
 OUR_NODES = {
     "ApplyHiDiffusion",
     "HiDiffusionInspect",
+    "HiDiffusionHiresFix",
     "ApplyMSWMSAAttention",
     "ApplyMSWMSAAttentionSimple",
     "ApplyRAUNet",
@@ -65,8 +66,21 @@ SCENARIOS = {
     },
     "sd15_advanced_nodes": {"ckpt": SD15_CKPT, "size": None, "nodes": {"ApplyRAUNet", "ApplyMSWMSAAttention"}},
     "auto_hidiffusion": {"ckpt": SD15_CKPT, "size": (2048, 2048), "nodes": {"ApplyHiDiffusion"}},
+    "hires_fix_sd15_2048": {"ckpt": SD15_CKPT, "size": (512, 512), "nodes": {"HiDiffusionHiresFix", "VAEDecode"}},
+    "hires_fix_sdxl_4096": {
+        "ckpt": SDXL_CKPT,
+        "size": (1024, 1024),
+        "nodes": {"HiDiffusionHiresFix", "VAEDecodeTiled"},
+    },
+    "upscale_image_4x": {
+        "ckpt": SDXL_CKPT,
+        "size": None,
+        "nodes": {"LoadImage", "VAEEncode", "HiDiffusionHiresFix", "VAEDecodeTiled"},
+    },
 }
-"""The five scenarios of the issue, by file name: checkpoint, latent size, nodes it must use."""
+"""The scenarios, by file name: checkpoint, native latent size, nodes it must use."""
+GUIDED = {"hires_fix_sd15_2048", "hires_fix_sdxl_4096", "upscale_image_4x"}
+"""The guided hires fix's workflows: the native latent, the node at scale 4, a KSampler at denoise 1 after it."""
 
 SEED_RECOMMENDED_RAUNET = {
     "input_blocks": "3",
@@ -212,7 +226,7 @@ def by_type(prompt: dict, class_type: str) -> list[dict]:
 # --- tests -------------------------------------------------------------------------------
 
 
-def test_the_five_scenarios_are_there():
+def test_every_scenario_is_there():
     assert {path.stem for path in WORKFLOW_FILES} == set(SCENARIOS)
 
 
@@ -287,6 +301,7 @@ def test_our_widget_values_pass_their_own_checks(path: Path, registry):
         "ApplyHiDiffusion",
         "ApplyRAUNetSimple",
         "ApplyMSWMSAAttentionSimple",
+        "HiDiffusionHiresFix",
     }
     assert checked == with_checks & {node["class_type"] for node in prompt.values()}
 
@@ -313,10 +328,18 @@ def test_scenario_content(name: str, registry):
     if scenario["size"]:
         (latent,) = by_type(prompt, "EmptyLatentImage")
         assert (latent["width"], latent["height"]) == scenario["size"]
-    (sampler,) = by_type(prompt, "KSampler")
+    samplers = by_type(prompt, "KSampler")
+    sampler = next(s for s in samplers if prompt[s["model"][0]]["class_type"] in OUR_NODES)
     assert 20 <= sampler["steps"] <= 30
     assert sampler["cfg"] == (6.0 if scenario["ckpt"] == SDXL_CKPT else 7.0)
     assert prompt[sampler["model"][0]]["class_type"] in OUR_NODES
+    if name in GUIDED:
+        (hires,) = by_type(prompt, "HiDiffusionHiresFix")
+        assert hires["scale_by"] == 4.0 and sampler["denoise"] == 1.0
+        assert prompt[sampler["latent_image"][0]]["class_type"] == "HiDiffusionHiresFix"
+        first = prompt[hires["latent"][0]]["class_type"]
+        assert first == ("VAEEncode" if name == "upscale_image_4x" else "KSampler")
+        assert len(samplers) == (1 if name == "upscale_image_4x" else 2)
     if name == "sd15_advanced_nodes":
         (raunet,) = by_type(prompt, "ApplyRAUNet")
         (msw,) = by_type(prompt, "ApplyMSWMSAAttention")

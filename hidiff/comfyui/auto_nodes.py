@@ -186,7 +186,8 @@ class ApplyHiDiffusion(PackNode):
     compares it with the target size and applies MSW-MSA and a RAU-Net schedule: by default the
     one the quality lab measured (native windows; for SDXL also RAD at the first Downsample),
     with schedule: official the official one. At or below the native size it does nothing and
-    says so.
+    says so, and the model it returns runs any sampling call at or below the native size as the
+    unpatched model (a hires fix's first pass, a tiled upscaler's tiles).
     """
 
     node_id = "ApplyHiDiffusion"

@@ -86,6 +86,17 @@ def note(text: str) -> Node:
     return Node("note", "Note", 0, {"text": text}, row=-1)
 
 
+def ksampler(key: str, column: int, model: Ref, latent: Ref, title: str | None = None, **settings: Any) -> Node:
+    """A KSampler at denoise 1, seed 1 (fixed), on the prompts "pos" and "neg" unless ``settings``
+    name other ``positive`` / ``negative`` links; ``settings`` hold steps, cfg, sampler_name, scheduler."""
+    links = {"positive": Ref("pos", "CONDITIONING"), "negative": Ref("neg", "CONDITIONING")}
+    links.update({name: settings.pop(name) for name in ("positive", "negative") if name in settings})
+    return node(
+        key, "KSampler", column, title, model=model, **links, latent_image=latent, seed=1,
+        control_after_generate="fixed", **settings, denoise=1.0,
+    )  # fmt: skip
+
+
 NEGATIVE = "blurry, lowres, jpeg artifacts, watermark, text, deformed, duplicate, extra limbs"
 
 
@@ -101,7 +112,6 @@ def text_to_image(
     sampler: str,
     scheduler: str,
     prefix: str,
-    seed: int = 1,
     positive_cond: Ref | None = None,
     negative_cond: Ref | None = None,
 ) -> list[Node]:
@@ -111,21 +121,17 @@ def text_to_image(
         node("pos", "CLIPTextEncode", 2, "Positive prompt", text=positive, clip=Ref("ckpt", "CLIP")),
         node("neg", "CLIPTextEncode", 2, "Negative prompt", text=NEGATIVE, clip=Ref("ckpt", "CLIP")),
         node("latent", "EmptyLatentImage", 2, row=1, width=width, height=height, batch_size=1),
-        node(
+        ksampler(
             "sampler",
-            "KSampler",
             3,
-            model=model,
+            model,
+            Ref("latent", "LATENT"),
             positive=positive_cond or Ref("pos", "CONDITIONING"),
             negative=negative_cond or Ref("neg", "CONDITIONING"),
-            latent_image=Ref("latent", "LATENT"),
-            seed=seed,
-            control_after_generate="fixed",
             steps=steps,
             cfg=cfg,
             sampler_name=sampler,
             scheduler=scheduler,
-            denoise=1.0,
         ),
         node("decode", "VAEDecode", 4, samples=Ref("sampler", "LATENT"), vae=Ref("ckpt", "VAE")),
         node("save", "SaveImage", 5, images=Ref("decode", "IMAGE"), filename_prefix=prefix),
@@ -148,26 +154,11 @@ def guided_hires_fix(
 ) -> list[Node]:
     """Loader and prompts, the native-size latent (a KSampler at ``native`` px, or VAE Encode of
     ``image``), HiDiffusion Hires Fix, a KSampler at denoise 1 on both of its outputs, decode, save."""
+    settings = {"steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler}
     if image is None:
         source = [
             node("latent", "EmptyLatentImage", 2, row=1, width=native, height=native, batch_size=1),
-            node(
-                "first",
-                "KSampler",
-                3,
-                "KSampler (native size)",
-                model=Ref("ckpt", "MODEL"),
-                positive=Ref("pos", "CONDITIONING"),
-                negative=Ref("neg", "CONDITIONING"),
-                latent_image=Ref("latent", "LATENT"),
-                seed=1,
-                control_after_generate="fixed",
-                steps=steps,
-                cfg=cfg,
-                sampler_name=sampler,
-                scheduler=scheduler,
-                denoise=1.0,
-            ),
+            ksampler("first", 3, Ref("ckpt", "MODEL"), Ref("latent", "LATENT"), "KSampler (native size)", **settings),
         ]
         native_latent = Ref("first", "LATENT")
     else:
@@ -207,22 +198,8 @@ def guided_hires_fix(
             msw_msa=True,
             advanced="",
         ),
-        node(
-            "sampler",
-            "KSampler",
-            5,
-            "KSampler (target size, denoise 1)",
-            model=Ref("hires", "MODEL"),
-            positive=Ref("pos", "CONDITIONING"),
-            negative=Ref("neg", "CONDITIONING"),
-            latent_image=Ref("hires", "LATENT"),
-            seed=1,
-            control_after_generate="fixed",
-            steps=steps,
-            cfg=cfg,
-            sampler_name=sampler,
-            scheduler=scheduler,
-            denoise=1.0,
+        ksampler(
+            "sampler", 5, Ref("hires", "MODEL"), Ref("hires", "LATENT"), "KSampler (target size, denoise 1)", **settings
         ),
         decode,
         node("save", "SaveImage", 7, images=Ref("decode", "IMAGE"), filename_prefix=prefix),

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..core.guide import lock_low_band, lock_weight, low_band
+from ..core.guide import lock_low_band, lock_weight, locked_band, low_band
 from ..core.raunet import sigma_to_percent
 from ..core.schedule import current_sigma
 from ..core.settings import GuideSettings
@@ -36,15 +36,16 @@ class LowBandLock(SharedPatch):
 
     Args:
         reference: the upscaled latent (B, 4, H, W) in the model's raw latent space; kept, never changed.
-        band: (height, width) of the image the reference was upscaled from: the band it holds.
-        settings: strength, exponent and low-pass.
+        band: (height, width) of the image the reference was upscaled from: the band it holds
+            (the lock holds ``settings.cutoff`` of it).
+        settings: strength, exponent, low-pass and cutoff.
     """
 
     hidiffusion_effect = EFFECT
 
     def __init__(self, reference: torch.Tensor, band: tuple[int, int], settings: GuideSettings) -> None:
         self.reference = reference.detach().clone()
-        self.band = band
+        self.band = locked_band(band, settings.cutoff)
         self.settings = settings
 
     def __repr__(self) -> str:

@@ -36,6 +36,7 @@ GUIDE_KEYS = {
     "strength": "the lock's weight at pure noise, 0 to 1 (default 1; 0 = no lock, HiDiffusion alone)",
     "exponent": "how fast the lock fades as noise falls: weight = strength * (cosine ramp)^exponent (default 3)",
     "lowpass": f"which frequencies are locked: {' or '.join(LOWPASS_MODES)} (default resize)",
+    "cutoff": "the locked band as a fraction of the input latent's own, above 0 up to 1 (default 1)",
     "upscale_method": f"how the latent is upscaled for the KSampler: {', '.join(UPSCALE_METHODS)} (default bicubic)",
 }
 ALL_KEYS = {**ADVANCED_KEYS, **GUIDE_KEYS}
@@ -60,9 +61,17 @@ def parse_guided(text: str | None) -> GuidedOptions:
             strength=require_fraction("strength", guide.get("strength", GuideSettings.strength)),
             exponent=_exponent(guide.get("exponent", GuideSettings.exponent)),
             lowpass=require_choice("lowpass", guide.get("lowpass", GuideSettings.lowpass), LOWPASS_MODES),
+            cutoff=_cutoff(guide.get("cutoff", GuideSettings.cutoff)),
         )
         method = require_choice("upscale_method", guide.get("upscale_method", UPSCALE_METHODS[0]), UPSCALE_METHODS)
     return GuidedOptions(auto, settings, method)
+
+
+def _cutoff(value: Any) -> float:
+    cutoff = require_number("cutoff", value)
+    if not 0.0 < cutoff <= 1.0:
+        raise ParameterError(f"cutoff = {value!r} is out of range: it must be above 0 and at most 1")
+    return cutoff
 
 
 def _exponent(value: Any) -> float:
@@ -126,7 +135,7 @@ class HiDiffusionHiresFix(PackNode):
                 multiline=True,
                 default="",
                 **ADVANCED,
-                tooltip="Optional YAML: strength, exponent, lowpass, upscale_method, and the HiDiffusion node's "
+                tooltip="Optional YAML: strength, exponent, lowpass, cutoff, upscale_method, and the HiDiffusion node's "
                 "keys (schedule, native_resolution, window_grid, ...).",
             ),
         ]

@@ -40,6 +40,11 @@ def lock_weight(noise_level: float, settings: GuideSettings) -> float:
     return settings.strength * cosine**settings.exponent
 
 
+def locked_band(band: tuple[int, int], cutoff: float) -> tuple[int, int]:
+    """The (height, width) band the lock holds: ``cutoff`` of the reference's ``band``, at least 1."""
+    return max(1, round(band[0] * cutoff)), max(1, round(band[1] * cutoff))
+
+
 def low_band(x: torch.Tensor, band: tuple[int, int], mode: str) -> torch.Tensor:
     """The part of ``x`` (B, C, H, W) a ``band`` = (height, width) image can hold, at x's size."""
     height, width = x.shape[-2:]

@@ -77,3 +77,5 @@ class GuideSettings:
     """How fast ``g`` falls with the noise level (DemoFusion's alpha1: 3)."""
     lowpass: str = "resize"
     """``resize`` or ``fft`` (:data:`hidiff.core.guide.LOWPASS_MODES`)."""
+    cutoff: float = 1.0
+    """The locked band as a fraction of the reference's own (FAM's box uses 0.5); the rest is free."""

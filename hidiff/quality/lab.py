@@ -190,6 +190,13 @@ CONFIGS: tuple[Config, ...] = (
         denoise=GUIDED_DENOISE,
         second=_guided("exponent: 5"),
     ),
+    Config(
+        "guided_cut05",
+        "HiDiffusion Hires Fix, cutoff: 0.5",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("cutoff: 0.5"),
+    ),
     Config("guided_d075", "HiDiffusion Hires Fix, denoise 0.75", hires=True, denoise=0.75, second=_guided()),
     Config(
         "guided_off",

@@ -83,19 +83,23 @@ def expected_lock(model, denoised, reference, sigma, band, exponent=3.0):
     return denoised + weight * (low(reference) - low(denoised))
 
 
-@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral"])
-def test_each_call_is_locked_by_the_formula_between_other_post_cfg_functions(pack, sampler):
+@pytest.mark.parametrize(
+    ("sampler", "cutoff"), [("euler", 1.0), ("dpmpp_2m", 1.0), ("euler_ancestral", 1.0), ("euler", 0.5)]
+)
+def test_each_call_is_locked_by_the_formula_between_other_post_cfg_functions(pack, sampler, cutoff):
     """Another node's post-CFG function before the node and one after it: the lock gets the
     first one's output and hands the second one the formula's result, at every call, under a
-    one-step, a multistep and an ancestral sampler."""
+    one-step, a multistep and an ancestral sampler, and with half the band locked."""
     before, after = Recorder(), Recorder()
-    model, latent = guided(pack, with_post_cfg(tiny_model("sd15"), before), native_latent())
+    advanced = f"{ADVANCED}\ncutoff: {cutoff}"
+    model, latent = guided(pack, with_post_cfg(tiny_model("sd15"), before), native_latent(), advanced=advanced)
     model = with_post_cfg(model, after)
     img2img(model, "sd15", latent, sampler=sampler)
     assert len(before.calls) == len(after.calls) == 3
     gaps = []
     for (sigma, given), (_, result) in zip(before.calls, after.calls):
-        expected = expected_lock(model, given, latent["samples"], sigma, (NATIVE, NATIVE))
+        band = (round(NATIVE * cutoff), round(NATIVE * cutoff))
+        expected = expected_lock(model, given, latent["samples"], sigma, band)
         torch.testing.assert_close(result, expected, atol=2e-3, rtol=1e-5)
         gaps.append(float((expected - given).abs().max()))
     assert max(gaps) > 100 * 2e-3, f"the lock must move the prediction far more than the tolerance: {gaps}"
@@ -185,6 +189,7 @@ def test_nothing_the_user_had_changes_and_the_same_seed_gives_the_same_image(pac
         ),
         (native_latent(), 3.0, "strength: 2", "strength = 2 is out of range"),
         (native_latent(), 3.0, "lowpass: gauss", "lowpass = 'gauss' is not valid; use one of resize, fft"),
+        (native_latent(), 3.0, "cutoff: 0", "cutoff = 0 is out of range: it must be above 0 and at most 1"),
         (native_latent(), 3.0, "upscale: bicubic", "advanced: unknown key(s) upscale"),
     ],
 )

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 (torch convention)
 
-from hidiff.core.guide import LOWPASS_MODES, lock_low_band, lock_weight, low_band
+from hidiff.core.guide import LOWPASS_MODES, lock_low_band, lock_weight, locked_band, low_band
 from hidiff.core.settings import GuideSettings
 
 
@@ -90,6 +90,13 @@ def test_locking_the_cfg_result_equals_locking_cond_and_uncond(mode):
     after = lock(uncond + scale * (cond - uncond))
     before = lock(uncond) + scale * (lock(cond) - lock(uncond))
     torch.testing.assert_close(after, before, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("band", "cutoff", "locked"), [((16, 16), 1.0, (16, 16)), ((16, 24), 0.5, (8, 12)), ((3, 5), 0.1, (1, 1))]
+)
+def test_the_cutoff_is_a_fraction_of_the_references_band(band, cutoff, locked):
+    assert locked_band(band, cutoff) == locked
 
 
 def test_no_weight_is_no_lock_and_an_unknown_low_pass_is_refused():

@@ -306,7 +306,7 @@ WORKFLOWS: dict[str, list[Node]] = {
             "The pack fits the ControlNet residuals to RAU-Net's shrunk feature maps (the log says "
             "'Scaling controlnet conditioning'). With ControlNet guiding the composition RAU-Net is "
             "needed less, so Apply RAU-Net runs RAD only until 30 % and the CA part is off "
-            "(ca_start_time 1 = off), as the README suggests. Ancestral samplers work best with both.\n"
+            "(ca_start_time 1 = off), as the node's docs suggest. Ancestral samplers work best with both.\n"
             "MSW-MSA needs no special handling."
         ),
         node("controlnet", "ControlNetLoader", 0, row=1, control_net_name=CANNY_CONTROLNET),
@@ -363,7 +363,7 @@ WORKFLOWS: dict[str, list[Node]] = {
             "Apply MSW-MSA Attention: in 1,2 / out 9,10,11 for the whole of sampling.\n\n"
             "Times are sampling percent of the model's noise schedule, not a fraction of steps. "
             "A wrong block pair is refused before sampling with the valid pairs for the model. "
-            "The defaults of both nodes are for SD1.x/SD2.x: for SDXL see the README."
+            "The defaults of both nodes are for SD1.x/SD2.x: for SDXL see the node's docs (docs/nodes.md)."
         ),
         node(
             "raunet",

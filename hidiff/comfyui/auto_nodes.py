@@ -195,6 +195,10 @@ class ApplyHiDiffusion(PackNode):
     output_tooltip = "The model with HiDiffusion for this size (or unchanged at native size)."
 
     @classmethod
+    def yaml_keys(cls) -> dict[str, str]:
+        return ADVANCED_KEYS
+
+    @classmethod
     def node_inputs(cls) -> list[Any]:
         return [
             io.Model.Input("model", tooltip="SD1.x, SD2.x or SDXL model; it is never changed."),
@@ -243,6 +247,10 @@ class HiDiffusionInspect(PackNode):
     output_type = io.String
     output_tooltip = "The report, as text."
     is_output_node = True
+
+    @classmethod
+    def yaml_keys(cls) -> dict[str, str]:
+        return ADVANCED_KEYS
 
     @classmethod
     def node_inputs(cls) -> list[Any]:

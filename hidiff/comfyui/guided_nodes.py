@@ -115,6 +115,10 @@ class HiDiffusionHiresFix(PackNode):
     display_name = "HiDiffusion Hires Fix"
 
     @classmethod
+    def yaml_keys(cls) -> dict[str, str]:
+        return ALL_KEYS
+
+    @classmethod
     def node_inputs(cls) -> list[Any]:
         return [
             io.Model.Input("model", tooltip="SD1.x, SD2.x or SDXL model; it is never changed."),

@@ -71,7 +71,7 @@ TIME_TOOLTIP = (
 )
 YAML_TOOLTIP = (
     "Optional YAML mapping that overrides any input by name and sets advanced keys; an unknown key is an "
-    "error that lists the valid ones. See the README."
+    "error that lists the valid ones. See the node's docs."
 )
 
 
@@ -166,6 +166,11 @@ class PackNode(io.ComfyNode):
         return [cls.output_type.Output(tooltip=cls.output_tooltip)]
 
     @classmethod
+    def yaml_keys(cls) -> dict[str, str]:
+        """The keys the node's YAML input accepts, each with its one-line description."""
+        return {}
+
+    @classmethod
     def define_schema(cls) -> io.Schema:
         return schema(
             cls,
@@ -195,6 +200,10 @@ class SettingsNode(PackNode):
     @classmethod
     def node_inputs(cls) -> list[Any]:
         return [model_input(), *cls.settings_module.PARAMETERS.inputs(), yaml_parameters_input(cls.yaml_tooltip)]
+
+    @classmethod
+    def yaml_keys(cls) -> dict[str, str]:
+        return cls.settings_module.PARAMETERS.yaml_keys
 
     @classmethod
     def validate_inputs(cls, **inputs: Any) -> bool | str:

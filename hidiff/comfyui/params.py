@@ -147,7 +147,7 @@ class Parameter:
     check: Callable[[str, Any], Any]
     """``check(name, value)`` -> the checked value; raises :class:`ParameterError` naming ``name``."""
     doc: str
-    """One line for the YAML key list (the unknown-key error and the README)."""
+    """One line for the YAML key list (the unknown-key error and docs/nodes.md)."""
     widget: Widget | None = None
     """None: only the YAML sets it."""
 

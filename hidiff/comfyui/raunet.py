@@ -75,7 +75,7 @@ _BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "output_b
 
 
 def pairs_text(pairs: dict[int, int]) -> str:
-    """Pairs as the messages and the README write them: ``3->8, 6->5``."""
+    """Pairs as the messages and the node docs write them: ``3->8, 6->5``."""
     return ", ".join(f"{i}->{o}" for i, o in pairs.items()) or "none"
 
 

@@ -20,6 +20,7 @@ def format_row(row: dict[str, Any]) -> str:
         f"malformed {row['malformed_rate']:5.0%}  "
         f"one good {row['one_good_rate']:5.0%}  subjects {row['mean_subjects']:4.2f}  "
         f"detail {row['detail']:4.2f}  median detail {row.get('median_detail', float('nan')):4.2f}  "
+        f"drawn detail {row.get('drawn_detail', float('nan')):4.2f}  "
         f"{row['seconds_per_image']:.2f} s/image"
     )
 
@@ -49,6 +50,7 @@ TABLE_COLUMNS = (
     ("mean_subjects", "subjects", "{:.2f}"),
     ("detail", "detail", "{:.2f}"),
     ("median_detail", "median detail", "{:.2f}"),
+    ("drawn_detail", "drawn detail", "{:.2f}"),
     ("seconds_per_image", "s/image", "{:.2f}"),
 )
 
@@ -62,7 +64,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         if row["error"]:
             cells += [f"refused: {row['error']}"] + [""] * (len(TABLE_COLUMNS) - 1)
         else:
-            cells += [fmt.format(row[key]) for key, _, fmt in TABLE_COLUMNS]
+            cells += [fmt.format(row.get(key, float("nan"))) for key, _, fmt in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -120,7 +122,9 @@ def markdown(rows: list[dict[str, Any]], settings: LabSettings, command: str, gr
         "- dup: images with 2 or more subjects; empty: images with none; malformed: images with a subject lacking "
         "one head and two eyes; one good: exactly one well-formed subject; detail: high-frequency energy inside "
         "subjects relative to unpatched native samples (1.00 = native detail); median detail: the median over "
-        "seeds of each image's detail against the unpatched native sample of the same seed.",
+        "seeds of each image's detail against the unpatched native sample of the same seed; drawn detail: the "
+        "same median of the squared neighbour differences inside one cell of the upscale grid (an Upscale Latent "
+        "By's blocks read 0, their edges are not detail).",
         "",
         table(rows),
         "",

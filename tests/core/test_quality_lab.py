@@ -74,3 +74,24 @@ def test_the_median_detail_is_per_seed_and_not_carried_by_a_few_images():
     assert np.isclose(figures["median_detail"], 1.5)  # ratios 0.1, 1, 2, 2: the NaN seed is left out
     assert figures["detail"] < 1.0  # the mean says "less detail than native"
     assert math.isnan(cell.figures(native_detail=1.0)["median_detail"])
+
+
+def test_drawn_detail_reads_no_upscaler_blocks_and_native_texture_at_any_scale():
+    """Nearest-exact blocks carry sharp edges the Laplacian score counts as detail; the drawn
+    score reads them as 0. A scene drawn at 3x the side (its texture at the native pixel
+    scale) reads about what the native scene reads, on the grid or off it."""
+    native, _ = scenes.scene(2, NATIVE, NATIVE)
+    blocks = torch.nn.functional.interpolate(native[None], scale_factor=3, mode="nearest-exact")[0]
+    assert lab.detail_energy(blocks) > 0.3 * lab.detail_energy(native)  # the edges read as detail
+    assert lab.drawn_detail_energy(blocks, (3, 3)) == 0.0
+    assert lab.drawn_detail_energy(blocks) > 0.0  # off the grid the edges count again
+    drawn, _ = scenes.scene(2, 3 * NATIVE, 3 * NATIVE)
+    on_grid = lab.drawn_detail_energy(drawn, (3, 3))
+    assert 0.7 < on_grid / lab.drawn_detail_energy(native) < 1.4
+    assert np.isclose(on_grid, lab.drawn_detail_energy(drawn), rtol=0.1)
+    cell = lab.Cell("hires_fix", "sdxl", "euler", 256, 256)
+    cell.add([counter.Reading(1, 1, (100,))] * 2, [1.0, 1.0], [lab.drawn_detail_energy(blocks, (3, 3)), on_grid])
+    native_drawn = [lab.drawn_detail_energy(native)] * 2
+    assert np.isclose(
+        cell.figures(native_images=[1.0, 1.0], native_drawn=native_drawn)["drawn_detail"], on_grid / native_drawn[0] / 2
+    )

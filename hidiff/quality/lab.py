@@ -197,6 +197,20 @@ CONFIGS: tuple[Config, ...] = (
         denoise=GUIDED_DENOISE,
         second=_guided("cutoff: 0.5"),
     ),
+    Config(
+        "guided_cut1",
+        "HiDiffusion Hires Fix, cutoff: 1",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("cutoff: 1"),
+    ),
+    Config(
+        "guided_fft_cut05",
+        "HiDiffusion Hires Fix, lowpass: fft, cutoff: 0.5",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("lowpass: fft\ncutoff: 0.5"),
+    ),
     Config("guided_d075", "HiDiffusion Hires Fix, denoise 0.75", hires=True, denoise=0.75, second=_guided()),
     Config(
         "guided_off",

@@ -276,6 +276,19 @@ class ComfyPage:
         self.page.keyboard.press(".")
         time.sleep(0.5)
 
+    def tidy_for_screenshot(self) -> None:
+        """What a user would close before looking at a loaded workflow: the toasts (a missing
+        checkpoint, here always) and the properties panel they open; then Fit View."""
+        self.evaluate(
+            """() => { for (const b of document.querySelectorAll('button[aria-label=Close]')) {
+                 const r = b.getBoundingClientRect(); if (r.width > 0 && r.x > 1800 && r.y > 80 && r.y < 300) b.click(); } }"""
+        )
+        overview = self.page.get_by_text("Workflow Overview")
+        if overview.count() and overview.first.is_visible():
+            self.page.get_by_label("Toggle properties panel").first.click()
+        time.sleep(0.5)
+        self.fit_view()
+
     def queue(self) -> None:
         """Press Run (the top bar's queue button)."""
         self.page.locator("[data-testid=queue-button], button:has-text('Run')").first.click()

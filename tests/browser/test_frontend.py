@@ -118,8 +118,6 @@ def test_the_docs_panel_renders_our_page(comfy, screenshots):
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
 def test_an_example_workflow_loads_with_no_missing_node_or_invalid_widget(comfy, path, screenshots):
     comfy.load_workflow_file(path)
-    comfy.fit_view()
-    comfy.screenshot(screenshots / f"workflow-{path.stem}.png")  # the README shows each
     nodes = comfy.nodes()
     assert all(node["registered"] for node in nodes), [n["type"] for n in nodes if not n["registered"]]
     assert not comfy.dialogs_naming(list(OUR_NODES)), "a dialog names our nodes (missing nodes?)"
@@ -134,6 +132,8 @@ def test_an_example_workflow_loads_with_no_missing_node_or_invalid_widget(comfy,
             if widget["min"] is not None and isinstance(value, int | float):
                 assert widget["min"] <= value <= widget["max"], (node["type"], widget)
         assert [w["value"] for w in node["widgets"]] == saved[str(node["id"])]["widgets_values"], node["type"]
+    comfy.tidy_for_screenshot()
+    comfy.screenshot(screenshots / f"workflow-{path.stem}.png")  # the README shows each
 
 
 def tiny_copy_of_the_auto_workflow(folder: Path) -> Path:

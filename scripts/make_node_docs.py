@@ -98,6 +98,12 @@ def keys_table(node: Any, schema: Any) -> str:
     return "\n".join(lines)
 
 
+def _anchor(node: Any) -> str:
+    """GitHub's anchor of the node's heading in docs/nodes.md."""
+    heading = f"{node.display_name} ({node.node_id})".lower()
+    return re.sub(r"[^\w\- ]", "", heading).replace(" ", "-")
+
+
 def node_page(node: Any, notes: str, shared: str | None, level: int) -> str:
     """One node: the notes, then what the declarations say. ``level`` is the heading depth; the
     panel's page (level 1) is titled as the node is, the reference names the id too."""
@@ -126,7 +132,8 @@ def render(nodes: list[Any], notes_text: str) -> dict[Path, str]:
         "do not edit. -->\n"
     )
     footer = "More: the pack's docs/nodes.md.\n\n" + header
-    reference = [header, "# Nodes", "", shared, ""]
+    contents = " · ".join(f"[{node.display_name}](#{_anchor(node)})" for node in nodes)
+    reference = [header, "# Nodes", "", contents, "", shared, ""]
     files: dict[Path, str] = {}
     for node in nodes:
         reference.append(node_page(node, notes[node.node_id], None, 2))

@@ -17,6 +17,7 @@ Modules:
     position   the step of a UNet call, from its timestep and the scheduler.
     state      the options, and the state of one UNet call.
     hooks      the hooks that carry out RAD/RAU, pooling, ControlNet residuals, MSW-MSA.
+    guide      the guided mode's lock on each call's predicted x0 (``reference=``).
     install    registering and removing them.
 """
 
@@ -53,7 +54,7 @@ def apply_hidiffusion(
         apply_window_attn: MSW-MSA on the highest-resolution self-attention.
         **options: see :class:`HiDiffusionOptions` (``gate_native``,
             ``native_resolution``, ``turbo``, ``aggressive``, ``text_to_image_controlnet``,
-            ``window_seed``, ``scheduler``).
+            ``window_seed``, ``scheduler``, and the guided mode's ``reference`` and ``guide``).
 
     Returns:
         ``pipe_or_unet``, for chaining.
@@ -61,7 +62,9 @@ def apply_hidiffusion(
     Raises:
         UnsupportedModelError: the UNet is not SD1.x/SD2.x- or SDXL-like (the message says
             what it is).
-        ValueError: RAU-Net on a bare UNet without ``scheduler=`` (the step is unknown).
+        ValueError: RAU-Net or the guided mode on a bare UNet without ``scheduler=`` (the
+            step or the noise schedule is unknown), or a ``reference`` that is not latents
+            of this UNet's channels.
     """
     unet, pipeline = _split(pipe_or_unet)
     settings = HiDiffusionOptions.from_kwargs(options)

@@ -28,8 +28,10 @@ from torch import nn
 
 from ..core.gate import at_or_below_native
 from ..core.official import aggressive_by_default, official_schedule
+from ..core.settings import GuideSettings
 from ..core.windows import shift_sequence
 from ..log import logger
+from .guide import LowBandLockHook, check_reference
 from .hooks import (
     DownsampleHook,
     GridHook,
@@ -84,6 +86,7 @@ class Installation:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._module_hooks: list[tuple[nn.Module, str, bool]] = []
         self._warned: set[str] = set()
+        self.lock = self._lock(options)
 
     # ----------------------------------------------------------------- install / remove
 
@@ -95,6 +98,8 @@ class Installation:
             self._attach_window_hooks()
         self._handles.append(self.unet.register_forward_pre_hook(self._begin_call, with_kwargs=True))
         self._handles.append(self.unet.register_forward_hook(self._end_call, with_kwargs=True, always_call=True))
+        if self.lock is not None:
+            self._handles.append(self.unet.register_forward_hook(self.lock, with_kwargs=True))
         self._invalidate_registry_cache()
 
     def detach(self) -> None:
@@ -110,6 +115,19 @@ class Installation:
         self._module_hooks.clear()
         self.slot.current = None
         self._invalidate_registry_cache()
+
+    def _lock(self, options: HiDiffusionOptions) -> LowBandLockHook | None:
+        """The guided mode's lock, when ``reference`` is given (checked here, before any call)."""
+        if options.reference is None:
+            return None
+        if self._pipeline is None and options.scheduler is None:
+            raise ValueError("the guided mode on a bare UNet needs scheduler=<the scheduler your loop uses>")
+        reference = check_reference(options.reference, int(self.unet.config.out_channels))
+        return LowBandLockHook(reference, options.guide or GuideSettings(), self._scheduler)
+
+    def _scheduler(self) -> Any:
+        pipeline = self._pipeline() if self._pipeline is not None else None
+        return getattr(pipeline, "scheduler", None) if pipeline is not None else self.options.scheduler
 
     def _hook(self, module: nn.Module, role: str, hook: ModelHook) -> None:
         created = not hasattr(module, "_diffusers_hook")
@@ -198,8 +216,7 @@ class Installation:
         return CallState(rad=rad, pool=pool, windows=self.windows, shifts=shifts)
 
     def _position(self, timestep: Any) -> RunPosition | None:
-        pipeline = self._pipeline() if self._pipeline is not None else None
-        scheduler = getattr(pipeline, "scheduler", None) if pipeline is not None else self.options.scheduler
+        scheduler = self._scheduler()
         if scheduler is None:
             return None
         position = self.schedule_reader.locate(timestep, scheduler)

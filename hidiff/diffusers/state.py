@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..core.settings import GuideSettings
 from ..core.windows import OFFICIAL_GRID, parse_window_grid
 
 
@@ -45,6 +46,13 @@ class HiDiffusionOptions:
             (RAU-Net needs the step index). A run starts at its ``begin_index`` or, without
             one, at the first call after ``set_timesteps``. Ignored for a pipeline, whose
             own scheduler is used.
+        reference: the guided mode: native-size latents (batch, channels, height, width) in
+            the pipeline's latent space (``pipe(..., output_type="latent").images``). Every
+            UNet call larger than them has the low frequencies of its predicted x0 locked to
+            theirs, upscaled, while the noise is high (:mod:`hidiff.diffusers.guide`), so a
+            2-4x larger image keeps their composition. None (default): no lock.
+        guide: the lock's strength, exponent, low-pass and cutoff; None (default) takes the
+            ComfyUI node's defaults (:class:`~hidiff.core.settings.GuideSettings`).
     """
 
     gate_native: bool = True
@@ -55,6 +63,8 @@ class HiDiffusionOptions:
     window_grid: str = OFFICIAL_GRID
     window_seed: int = 0
     scheduler: Any = None
+    reference: Any = None
+    guide: GuideSettings | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> HiDiffusionOptions:
@@ -80,6 +90,8 @@ class HiDiffusionOptions:
         parse_window_grid(self.window_grid)
         if isinstance(self.window_seed, bool) or not isinstance(self.window_seed, int):
             raise TypeError(f"window_seed must be an integer, got {self.window_seed!r}")
+        if self.guide is not None and not isinstance(self.guide, GuideSettings):
+            raise TypeError(f"guide must be a hidiff.core.settings.GuideSettings, got {type(self.guide).__name__}")
         if self.scheduler is not None and not hasattr(self.scheduler, "timesteps"):
             raise TypeError(f"scheduler must be a diffusers scheduler (with .timesteps), got {type(self.scheduler)}")
 

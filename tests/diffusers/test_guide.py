@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import snapshot
 
 pytest.importorskip("diffusers.hooks", reason="diffusers is not installed: pip install -e '.[diffusers]'")
 
@@ -134,6 +135,20 @@ def test_a_guided_run_is_deterministic_and_remove_leaves_the_pipeline_as_before(
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in pipe.unet.modules())
 
 
+def test_a_guided_run_leaves_the_whole_unet_and_every_generator_as_it_was(helpers):
+    """The whole-state snapshot of the removal tests (tests/snapshot.py), with the lock on."""
+    pipe = helpers.sd_pipeline()
+    prompt = helpers.sd_prompt()
+    reference = reference_latents()  # seeds torch: made before the snapshot
+    torch.manual_seed(5)
+    before = snapshot.of_module(pipe.unet)
+    apply_hidiffusion(pipe, reference=reference)
+    assert snapshot.rng_state() == before.rng
+    helpers.run(pipe, prompt, 3, size=2 * SIDE)
+    remove_hidiffusion(pipe)
+    assert before.differences(snapshot.of_module(pipe.unet, rng=False)) == []
+
+
 def test_bad_references_are_refused_with_the_input_named(helpers):
     pipe = pipeline(helpers, "sd")
     with pytest.raises(ValueError, match="reference has 3 channels; this UNet's latents have 4"):
@@ -142,6 +157,8 @@ def test_bad_references_are_refused_with_the_input_named(helpers):
         apply_hidiffusion(pipe, reference=torch.zeros(4, NATIVE, NATIVE))
     with pytest.raises(TypeError, match="guide must be a hidiff.core.settings.GuideSettings"):
         apply_hidiffusion(pipe, reference=reference_latents(), guide={"strength": 1})
+    with pytest.raises(ValueError, match="the guided mode on a bare UNet needs scheduler="):
+        apply_hidiffusion(pipe.unet, apply_raunet=False, apply_window_attn=False, reference=reference_latents())
     apply_hidiffusion(pipe, apply_raunet=False, apply_window_attn=False, reference=reference_latents())
     with pytest.raises(ValueError, match="reference is 16x16 latent px but the pipeline samples 72x48"):
         unet_call(pipe, helpers, "sd", torch.zeros(1, 4, SIDE, 72))

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..core.guide import lock_low_band, lock_weight, locked_band, low_band
+from ..core.guide import lock_low_band, lock_weight, locked_band, reference_low_band
 from ..core.raunet import sigma_to_percent
 from ..core.schedule import current_sigma
 from ..core.settings import GuideSettings
@@ -94,9 +94,8 @@ class LowBandLock(SharedPatch):
         memo = state.memo if state is not None else {}
         if key not in memo:
             reference = model.process_latent_in(self.reference.to(like.device, torch.float32))
-            low = low_band(reference, self.band, self.settings.lowpass)
-            if low.shape[0] != like.shape[0]:
-                low = low.repeat(like.shape[0] // low.shape[0], 1, 1, 1)
+            size = (int(like.shape[-2]), int(like.shape[-1]))
+            low = reference_low_band(reference, size, self.band, self.settings.lowpass, like.shape[0])
             memo[key] = low.to(like.dtype)
         return memo[key]
 

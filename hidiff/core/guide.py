@@ -60,6 +60,18 @@ def low_band(x: torch.Tensor, band: tuple[int, int], mode: str) -> torch.Tensor:
     raise ValueError(f"unknown low-pass {mode!r}; valid: {', '.join(LOWPASS_MODES)}")
 
 
+def reference_low_band(
+    reference: torch.Tensor, size: tuple[int, int], band: tuple[int, int], mode: str, batch: int
+) -> torch.Tensor:
+    """What the lock moves a call's low band towards: :func:`low_band` of ``reference``
+    (bicubic-upscaled first when it is not at ``size``), repeated to the call's ``batch``,
+    which the reference's batch must divide."""
+    if tuple(reference.shape[-2:]) != tuple(size):
+        reference = functional.interpolate(reference, size=size, mode="bicubic", align_corners=False)
+    low = low_band(reference, band, mode)
+    return low.repeat(batch // low.shape[0], 1, 1, 1)
+
+
 def lock_low_band(
     denoised: torch.Tensor,
     reference_low: torch.Tensor,

@@ -20,9 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.nn import functional
 
-from ..core.guide import lock_low_band, lock_weight, locked_band, low_band
+from ..core.guide import lock_low_band, lock_weight, locked_band, reference_low_band
 from ..core.settings import GuideSettings
 from .hooks import main_tensor, replace_main
 from .position import timestep_value
@@ -129,8 +128,7 @@ class LowBandLockHook:
         key = (height, width, batch, like.device)
         if key not in self._low:
             reference = self.reference.to(like.device, torch.float32)
-            upscaled = functional.interpolate(reference, size=(height, width), mode="bicubic", align_corners=False)
-            self._low[key] = low_band(upscaled, self.band, self.settings.lowpass).repeat(batch // references, 1, 1, 1)
+            self._low[key] = reference_low_band(reference, (height, width), self.band, self.settings.lowpass, batch)
         return self._low[key]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..core.guide import LOWPASS_MODES
+from ..core.guide import LOWPASS_MODES, upscaled_size
 from ..core.settings import GuideSettings
 from ..log import logger
 from .auto_nodes import ADVANCED_KEYS, AutoOptions, apply_plan, auto_options, plan_with
@@ -94,7 +94,7 @@ def target_size(samples: Any, scale_by: float) -> tuple[int, int]:
             "this node patches"
         )
     height, width = int(samples.shape[-2]), int(samples.shape[-1])
-    target = round(height * scale_by), round(width * scale_by)
+    target = upscaled_size(height, width, scale_by)
     if target[0] <= height or target[1] <= width:
         raise ParameterError(
             f"scale_by = {scale_by:g} gives a {target[1] * 8}x{target[0] * 8}px target, not larger than the "

@@ -33,6 +33,19 @@ LOWPASS_MODES = ("resize", "fft")
 spectrum that keeps the frequencies a reference of that size can hold."""
 
 
+def upscaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The (height, width) of a latent ``scale`` times larger, rounded as ComfyUI's Upscale
+    Latent By rounds it; the ComfyUI node and the diffusers ``upscale`` both size their
+    second pass with it."""
+    return round(height * scale), round(width * scale)
+
+
+def upscale_reference(reference: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``reference`` bicubic-upscaled to ``size``: the second pass's starting latent and the
+    image the lock's band comes from (bicubic is the node's default upscale method)."""
+    return functional.interpolate(reference, size=size, mode="bicubic", align_corners=False)
+
+
 def lock_weight(noise_level: float, settings: GuideSettings) -> float:
     """``g`` at a noise level in [0, 1] (1 = pure noise, 0 = clean; 1 − the sampling percent)."""
     level = min(max(noise_level, 0.0), 1.0)
@@ -67,7 +80,7 @@ def reference_low_band(
     (bicubic-upscaled first when it is not at ``size``), repeated to the call's ``batch``,
     which the reference's batch must divide."""
     if tuple(reference.shape[-2:]) != tuple(size):
-        reference = functional.interpolate(reference, size=size, mode="bicubic", align_corners=False)
+        reference = upscale_reference(reference, size)
     low = low_band(reference, band, mode)
     return low.repeat(batch // low.shape[0], 1, 1, 1)
 

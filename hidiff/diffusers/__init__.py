@@ -6,6 +6,9 @@
     image = pipe(prompt, height=2048, width=2048).images[0]
     remove_hidiffusion(pipe)           # the pipeline is exactly as before
 
+    native = pipe(prompt, output_type="latent").images
+    image = upscale(pipe, native, 4, prompt=prompt).images[0]   # 4x the side, one subject
+
 Call-compatible with the official ``hidiffusion`` package (``apply_raunet``,
 ``apply_window_attn``), for StableDiffusion 1.x/2.x and StableDiffusionXL pipelines,
 their img2img, inpaint and ControlNet variants, and bare ``UNet2DConditionModel`` s.
@@ -18,6 +21,7 @@ Modules:
     state      the options, and the state of one UNet call.
     hooks      the hooks that carry out RAD/RAU, pooling, ControlNet residuals, MSW-MSA.
     guide      the guided mode's lock on each call's predicted x0 (``reference=``).
+    upscale    the guided hires fix in one call (``upscale(pipe, reference, scale)``).
     install    registering and removing them.
 """
 
@@ -36,8 +40,9 @@ from ..log import logger
 from .install import ATTRIBUTE, Installation
 from .state import HiDiffusionOptions
 from .structure import UnsupportedModelError, read_layout, unwrap_unet
+from .upscale import upscale
 
-__all__ = ["HiDiffusionOptions", "UnsupportedModelError", "apply_hidiffusion", "remove_hidiffusion"]
+__all__ = ["HiDiffusionOptions", "UnsupportedModelError", "apply_hidiffusion", "remove_hidiffusion", "upscale"]
 
 
 def apply_hidiffusion(

@@ -81,7 +81,7 @@ class Installation:
             else _is_text_to_image_controlnet(pipeline)
         )
         self.slot = StateSlot()
-        self.schedule_reader = ScheduleReader()
+        self.schedule_reader = ScheduleReader()  # both set again by every attach
         self.window_count = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._module_hooks: list[tuple[nn.Module, str, bool]] = []
@@ -91,7 +91,11 @@ class Installation:
     # ----------------------------------------------------------------- install / remove
 
     def attach(self) -> None:
-        """Register every hook; the UNet behaves as stock until its next call."""
+        """Register every hook; the UNet behaves as stock until its next call. Attaching
+        again after :meth:`detach` gives the hooks of the first attach (the window count
+        and the schedule position start over)."""
+        self.window_count = 0
+        self.schedule_reader = ScheduleReader()
         if self.raunet:
             self._attach_raunet_hooks()
         if self.windows:

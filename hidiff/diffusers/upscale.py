@@ -1,0 +1,161 @@
+"""``upscale(pipe, reference, scale)``: the guided hires fix in one diffusers call.
+
+What the HiDiffusion Hires Fix node and a KSampler do in ComfyUI: the native-size latents
+(a pipeline's ``output_type="latent"`` result, or an image encoded with the pipeline's VAE)
+are bicubic-upscaled ``scale`` times (:func:`hidiff.core.guide.upscaled_size`, as Upscale
+Latent By rounds), and an image-to-image run of the same components at strength 1 samples
+the upscaled latents with HiDiffusion and the low-band lock against the native latents
+(``apply_hidiffusion(..., reference=...)``). The pipeline is left as it was: HiDiffusion
+applied before the call is put back as it was, and a pipeline without it has none after.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import fields
+from typing import Any
+
+import torch
+
+from ..core.guide import upscale_reference, upscaled_size
+from ..core.settings import GuideSettings
+from .install import ATTRIBUTE
+from .structure import unwrap_unet
+
+
+def upscale(
+    pipe: Any,
+    reference: Any,
+    scale: float = 3.0,
+    *,
+    guide: GuideSettings | None = None,
+    strength: float = 1.0,
+    **call_kwargs: Any,
+) -> Any:
+    """Upscale native-size latents or an image ``scale`` times with one subject and new detail.
+
+    Args:
+        pipe: a Stable Diffusion 1.x/2.x or SDXL text-to-image or image-to-image pipeline;
+            a text-to-image one is run as its image-to-image sibling on the same components
+            (``AutoPipelineForImage2Image.from_pipe``).
+        reference: the native-size latents (``pipe(..., output_type="latent").images``), or
+            an image (PIL, or a (batch, 3, height, width) tensor in [0, 1]) that the
+            pipeline's VAE encodes (its mode, so the same image gives the same latents).
+        scale: the side multiple, above 1 (3 or 4 for 3-4x the native side).
+        guide: the lock's settings; None takes the ComfyUI node's defaults.
+        strength: the image-to-image strength; 1 (the node's denoise 1) samples from pure
+            noise added to the upscaled latents.
+        **call_kwargs: what the pipeline's call takes (prompt or prompt_embeds,
+            num_inference_steps, guidance_scale, generator, output_type, ...).
+
+    Returns:
+        The image-to-image pipeline's output at the upscaled size.
+
+    Raises:
+        ValueError: ``scale`` not above 1, ``strength`` outside (0, 1], a reference that
+            is neither latents of the UNet's channels nor an image, or ``image`` /
+            ``height`` / ``width`` in ``call_kwargs`` (the reference sets them).
+    """
+    from . import apply_hidiffusion, remove_hidiffusion
+
+    unet = _pipeline_unet(pipe)
+    _check_call(scale, strength, call_kwargs)
+    latents = reference_latents(pipe, reference, int(unet.config.in_channels))
+    size = upscaled_size(int(latents.shape[-2]), int(latents.shape[-1]), scale)
+    if size[0] <= latents.shape[-2] or size[1] <= latents.shape[-1]:
+        raise ValueError(f"scale = {scale:g} does not enlarge a {tuple(latents.shape[-2:])} latent; use 3 or 4")
+    started = upscale_reference(latents.float(), size).to(latents.dtype)
+    image_pipe = image_to_image(pipe)
+    previous = getattr(unet, ATTRIBUTE, None)
+    switches, options = _switches_and_options(previous)
+    apply_hidiffusion(pipe, *switches, **{**options, "reference": latents, "guide": guide})
+    try:
+        return image_pipe(image=started, strength=strength, **call_kwargs)
+    finally:
+        remove_hidiffusion(pipe)
+        if previous is not None:
+            previous.attach()
+            setattr(unet, ATTRIBUTE, previous)
+
+
+def image_to_image(pipe: Any) -> Any:
+    """``pipe`` when it takes ``image`` and ``strength``, else its image-to-image sibling on
+    the same components (so HiDiffusion's hooks on the shared UNet apply)."""
+    parameters = inspect.signature(type(pipe).__call__).parameters
+    if "image" in parameters and "strength" in parameters:
+        if "mask_image" in parameters:
+            raise ValueError(f"upscale does not take an inpainting pipeline ({type(pipe).__name__})")
+        return pipe
+    from diffusers import AutoPipelineForImage2Image
+
+    return AutoPipelineForImage2Image.from_pipe(pipe)
+
+
+def reference_latents(pipe: Any, reference: Any, channels: int) -> torch.Tensor:
+    """The native-size latents: ``reference`` itself when it is latents, else its VAE encoding."""
+    if isinstance(reference, torch.Tensor) and reference.ndim == 4 and reference.shape[1] == channels:
+        return reference.detach()
+    if isinstance(reference, torch.Tensor) and (reference.ndim != 4 or reference.shape[1] != 3):
+        raise ValueError(
+            f"reference is a tensor of shape {tuple(reference.shape)}: pass latents (batch, {channels}, h, w) "
+            "or an image (batch, 3, height, width) in [0, 1]"
+        )
+    return encode(pipe, reference)
+
+
+def encode(pipe: Any, image: Any) -> torch.Tensor:
+    """The latents of ``image`` in the UNet's space: the VAE's mode, shifted and scaled as the
+    pipeline's own image-to-image encoding does. An fp16 VAE that asks to be upcast
+    (``force_upcast``, SDXL's) encodes in float32 and is cast back, unchanged."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        raise ValueError("reference is an image but the pipeline has no VAE to encode it; pass latents instead")
+    pixels = pipe.image_processor.preprocess(image)
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    dtype = torch.float32 if upcast else vae.dtype
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        with torch.no_grad():
+            latents = vae.encode(pixels.to(vae.device, dtype)).latent_dist.mode()
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
+    config = vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, latents.shape[1], 1, 1)
+        mean = torch.tensor(mean).view(shape).to(latents)
+        std = torch.tensor(std).view(shape).to(latents)
+        return (latents - mean) * config.scaling_factor / std
+    shift = getattr(config, "shift_factor", None) or 0.0
+    return (latents - shift) * config.scaling_factor
+
+
+def _pipeline_unet(pipe: Any) -> Any:
+    unet = getattr(pipe, "unet", None)
+    if unet is None:
+        raise ValueError(
+            f"upscale takes a Stable Diffusion or SDXL pipeline, got {type(pipe).__name__}; for a bare UNet use "
+            "apply_hidiffusion(unet, reference=..., scheduler=...)"
+        )
+    return unwrap_unet(unet)
+
+
+def _check_call(scale: float, strength: float, call_kwargs: dict[str, Any]) -> None:
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 1.0:
+        raise ValueError(f"scale must be a number above 1 (3 or 4 for 3-4x the side), got {scale!r}")
+    if not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be above 0 and at most 1 (1: the node's denoise 1), got {strength!r}")
+    taken = sorted({"image", "height", "width"} & set(call_kwargs))
+    if taken:
+        raise ValueError(f"upscale sets {', '.join(taken)} from the reference and scale; leave them out")
+
+
+def _switches_and_options(previous: Any) -> tuple[tuple[bool, bool], dict[str, Any]]:
+    """The RAU-Net/MSW-MSA switches and options of HiDiffusion as the user applied it (the
+    defaults when they did not), for the guided run."""
+    if previous is None:
+        return (True, True), {}
+    options = {field.name: getattr(previous.options, field.name) for field in fields(previous.options)}
+    return (previous.raunet, previous.windows), options

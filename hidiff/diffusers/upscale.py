@@ -54,13 +54,14 @@ def upscale(
     Raises:
         ValueError: ``scale`` not above 1, ``strength`` outside (0, 1], a reference that
             is neither latents of the UNet's channels nor an image, or ``image`` /
-            ``height`` / ``width`` in ``call_kwargs`` (the reference sets them).
+            ``height`` / ``width`` in ``call_kwargs`` (the reference sets them), a bare
+            UNet or an inpainting pipeline; all before any UNet call.
     """
     from . import apply_hidiffusion, remove_hidiffusion
 
     unet = _pipeline_unet(pipe)
     _check_call(scale, strength, call_kwargs)
-    latents = reference_latents(pipe, reference, int(unet.config.in_channels))
+    latents = reference_latents(pipe, reference, int(unet.config.out_channels))
     size = upscaled_size(int(latents.shape[-2]), int(latents.shape[-1]), scale)
     if size[0] <= latents.shape[-2] or size[1] <= latents.shape[-1]:
         raise ValueError(f"scale = {scale:g} does not enlarge a {tuple(latents.shape[-2:])} latent; use 3 or 4")
@@ -68,10 +69,10 @@ def upscale(
     image_pipe = image_to_image(pipe)
     previous = getattr(unet, ATTRIBUTE, None)
     switches, options = _switches_and_options(previous)
-    apply_hidiffusion(pipe, *switches, **{**options, "reference": latents, "guide": guide})
     try:
+        apply_hidiffusion(pipe, *switches, **{**options, "reference": latents, "guide": guide})
         return image_pipe(image=started, strength=strength, **call_kwargs)
-    finally:
+    finally:  # whatever failed, the pipeline's own HiDiffusion (or none) comes back
         remove_hidiffusion(pipe)
         if previous is not None:
             previous.attach()
@@ -80,7 +81,8 @@ def upscale(
 
 def image_to_image(pipe: Any) -> Any:
     """``pipe`` when it takes ``image`` and ``strength``, else its image-to-image sibling on
-    the same components (so HiDiffusion's hooks on the shared UNet apply)."""
+    the same components (so HiDiffusion's hooks on the shared UNet apply) and progress bar
+    settings."""
     parameters = inspect.signature(type(pipe).__call__).parameters
     if "image" in parameters and "strength" in parameters:
         if "mask_image" in parameters:
@@ -88,7 +90,9 @@ def image_to_image(pipe: Any) -> Any:
         return pipe
     from diffusers import AutoPipelineForImage2Image
 
-    return AutoPipelineForImage2Image.from_pipe(pipe)
+    sibling = AutoPipelineForImage2Image.from_pipe(pipe)
+    sibling.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return sibling
 
 
 def reference_latents(pipe: Any, reference: Any, channels: int) -> torch.Tensor:

@@ -3,6 +3,8 @@
 python -m hidiff quality                 the short run: 3x side, unpatched beside HiDiffusion, a picture
 python -m hidiff quality --full          every configuration, size and sampler (--json, --grids)
 python -m hidiff quality train --layout sd15|sdxl [--steps N] [--seed S] [--out PATH]
+python -m hidiff quality diffusers --layout sdxl --scale 3 --seeds 8
+                                         the lab model in diffusers: upscale() beside the ComfyUI node
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--out", type=Path, default=None, help="where to write the weights (default: the committed file)"
     )
+    compare = commands.add_parser("diffusers", help="the lab model in diffusers: upscale() beside the ComfyUI node")
+    compare.add_argument("--layout", choices=LAYOUT_NAMES, default="sdxl")
+    compare.add_argument("--scale", type=int, default=3, help="side multiple, a whole number above 1 (default 3)")
+    compare.add_argument("--seeds", type=int, default=8, help="images, seeds 0 to N-1 (default 8)")
+    compare.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    compare.add_argument("--markdown", type=Path, default=None, help="write the page here")
+    compare.add_argument("--picture", type=Path, default=None, help="write the picture (PNG) here")
     return parser
 
 
@@ -84,6 +93,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return _train(args)
+    if args.command == "diffusers":
+        return _diffusers(args, argv)
     return _lab(args, argv)
 
 
@@ -129,4 +140,30 @@ def _lab(args: argparse.Namespace, argv: list[str]) -> int:
     if not args.full:
         path = report.short_picture(images, settings, args.picture)
         progress(f"wrote {path}")
+    return 0
+
+
+def _diffusers(args: argparse.Namespace, argv: list[str]) -> int:
+    import os
+
+    from . import diffusers_lab
+
+    if args.scale < 2 or args.seeds < 1:
+        sys.stderr.write("--scale must be 2 or more and --seeds 1 or more\n")
+        return 2
+    rows, runs = diffusers_lab.compare(args.layout, args.scale, list(range(args.seeds)))
+    for row in rows:
+        progress(f"{row['run']}: dup {row['duplicate_rate']:.0%}, subjects {row['mean_subjects']:.2f}, "
+                 f"IoU {row['median_mask_iou']:.2f}, drawn {row['drawn_detail']:.2f}, {row['seconds_per_image']:.2f} s/img")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    link = None
+    if args.picture:
+        path = diffusers_lab.picture(runs, args.picture, f"{args.layout} {args.scale}x, seeds 0-{args.seeds - 1}")
+        base = args.markdown.parent if args.markdown else Path.cwd()
+        link = os.path.relpath(path, base)
+    if args.markdown:
+        command = "python -m hidiff quality " + " ".join(argv)
+        args.markdown.write_text(diffusers_lab.markdown(rows, args.layout, args.scale, command, link))
+        progress(f"wrote {args.markdown}")
     return 0

@@ -107,7 +107,7 @@ def test_an_image_reference_is_its_vae_encoding(helpers):
 def test_the_pipeline_the_reference_and_the_rng_are_left_as_they_were(helpers):
     """Without HiDiffusion before: none after, and sampling is bit-identical; the same seed
     gives the same result. With it (its own options, which the guided run takes): the same
-    installation is back and samples as before."""
+    installation is back and samples as before, also after a call that failed."""
     pipe, prompt = pipeline_and_prompt(helpers, "sdxl")
     reference = native_latents(helpers, pipe, prompt)
     kept = reference.clone()
@@ -129,6 +129,10 @@ def test_the_pipeline_the_reference_and_the_rng_are_left_as_they_were(helpers):
     assert getattr(pipe.unet, ATTRIBUTE) is installation
     torch.testing.assert_close(helpers.run(pipe, prompt, STEPS, size=NATIVE_PX * SCALE), applied, rtol=0, atol=0)
     assert not torch.equal(second, first)  # the guided run took the user's options (window_seed)
+    with pytest.raises(ValueError, match="steps"):  # the pipeline's own check fails, after the swap
+        upscale(pipe, reference, SCALE, **prompt, num_inference_steps=0, output_type="latent")
+    assert getattr(pipe.unet, ATTRIBUTE) is installation
+    torch.testing.assert_close(helpers.run(pipe, prompt, STEPS, size=NATIVE_PX * SCALE), applied, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,8 @@ def apply_hidiffusion(
         apply_window_attn: MSW-MSA on the highest-resolution self-attention.
         **options: see :class:`HiDiffusionOptions` (``gate_native``,
             ``native_resolution``, ``turbo``, ``aggressive``, ``text_to_image_controlnet``,
-            ``window_seed``, ``scheduler``, and the guided mode's ``reference`` and ``guide``).
+            ``schedule``, ``window_grid``, ``window_seed``, ``scheduler``, and the guided mode's
+            ``reference`` and ``guide``).
 
     Returns:
         ``pipe_or_unet``, for chaining.
@@ -87,7 +88,7 @@ def apply_hidiffusion(
     setattr(unet, ATTRIBUTE, installation)
     parts = [name for name, on in (("RAU-Net", apply_raunet), ("MSW-MSA", apply_window_attn)) if on]
     logger.info(
-        f"applied {' + '.join(parts) or 'nothing'} to a {layout.describe()}; "
+        f"applied {' + '.join(parts) or 'nothing'} ({settings.schedule} schedule) to a {layout.describe()}; "
         f"{'inactive at or below' if settings.gate_native else 'also active at'} "
         f"the native {installation.native_latent}x{installation.native_latent} latent"
     )

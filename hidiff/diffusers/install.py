@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -27,7 +28,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
 from ..core.gate import at_or_below_native
-from ..core.official import aggressive_by_default, official_schedule
+from ..core.measured import schedule_for
+from ..core.official import Schedule, aggressive_by_default, official_schedule
 from ..core.settings import GuideSettings
 from ..core.windows import shift_sequence
 from ..log import logger
@@ -80,6 +82,9 @@ class Installation:
             if options.text_to_image_controlnet is not None
             else _is_text_to_image_controlnet(pipeline)
         )
+        base = self.schedule(2 * self.native_latent, 2 * self.native_latent)
+        self.layout = replace(layout, rad_level=base.rad_level)  # no schedule moves the pooling
+        self.window_grid = options.window_grid or base.window_grid
         self.slot = StateSlot()
         self.schedule_reader = ScheduleReader()  # both set again by every attach
         self.window_count = 0
@@ -167,9 +172,7 @@ class Installation:
                 grid_name = f"{block_name}.attentions.{a}"
                 self._hook(transformer, "grid", GridHook(self.slot, grid_name))
                 for transformer_block in self_attention_blocks(transformer):
-                    hook = WindowAttentionHook(
-                        self.slot, grid_name, self.window_count, self.options.window_grid, native_side
-                    )
+                    hook = WindowAttentionHook(self.slot, grid_name, self.window_count, self.window_grid, native_side)
                     self._hook(transformer_block.attn1, "window", hook)
                     self.window_count += 1
 
@@ -205,19 +208,25 @@ class Installation:
         position = self._position(timestep) if timestep is not None else None
         rad = pool = False
         if self.raunet and position is not None:
-            schedule = official_schedule(
-                self.layout.family,
-                height,
-                width,
-                turbo=self.options.turbo,
-                aggressive=self.aggressive,
-                text_to_image_controlnet=self.text_to_image_controlnet,
-            )
+            schedule = self.schedule(height, width)
             rad = schedule.rad is not None and schedule.rad.contains(position.step, position.total)
             pool = schedule.pool is not None and schedule.pool.contains(position.step, position.total)
             logger.debug(f"step {position.step + 1}/{position.total} ({schedule.key}): RAD/RAU {rad}, pool {pool}")
         shifts = self._shifts(position, timestep) if self.windows else ()
         return CallState(rad=rad, pool=pool, windows=self.windows, shifts=shifts)
+
+    def schedule(self, height: int, width: int) -> Schedule:
+        """The schedule of a latent of ``height`` x ``width``: the official one, or the
+        ``schedule`` option's in its place. Its levels and window grid are the same at every
+        size above the native one, so the hooks take them from the schedule at twice it."""
+        family, turbo, aggressive = self.layout.family, self.options.turbo, self.aggressive
+        cn = self.text_to_image_controlnet
+        official = official_schedule(
+            family, height, width, turbo=turbo, aggressive=aggressive, text_to_image_controlnet=cn
+        )
+        return schedule_for(
+            self.options.schedule, official, family, turbo=turbo, aggressive=aggressive, text_to_image_controlnet=cn
+        )
 
     def _position(self, timestep: Any) -> RunPosition | None:
         scheduler = self._scheduler()

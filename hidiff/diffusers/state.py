@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+from ..core.measured import SCHEDULE_NAMES
 from ..core.settings import GuideSettings
-from ..core.windows import OFFICIAL_GRID, parse_window_grid
+from ..core.windows import parse_window_grid
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,15 @@ class HiDiffusionOptions:
         text_to_image_controlnet: the official SDXL text-to-image ControlNet schedule
             (pooling until 50 % instead of 40 %). None (default): true for a ControlNet
             pipeline whose ``__call__`` has no ``control_image`` (the text-to-image ones).
-        window_grid: MSW-MSA's grid of windows: ``"2x2"`` (the official method, default),
+        schedule: ``"official"`` (default): the official package's schedule.
+            ``"measured"``: the ComfyUI auto node's default, what the quality lab measured
+            better (:mod:`hidiff.core.measured`): for SDXL (aggressive, not turbo) RAD at the
+            first Downsample for the first half of the steps and no pooling; for SD1.x and
+            SDXL MSW-MSA windows no larger than the native token grid.
+        window_grid: MSW-MSA's grid of windows: ``"2x2"`` (the official method),
             ``"native"`` (ceil(token grid / native token grid) windows a side, at least 2x2,
             so no window is larger than the grid the model was trained on) or ``"RxC"``.
+            None (default): the schedule's (official: 2x2; measured: native).
         window_seed: seed of the MSW-MSA window shifts. Each UNet call draws its shifts
             from a private generator seeded with this and the call's step index, so the
             shifts repeat exactly for the same run and never touch the global RNG.
@@ -60,7 +67,8 @@ class HiDiffusionOptions:
     turbo: bool = False
     aggressive: bool | None = None
     text_to_image_controlnet: bool | None = None
-    window_grid: str = OFFICIAL_GRID
+    schedule: str = "official"
+    window_grid: str | None = None
     window_seed: int = 0
     scheduler: Any = None
     reference: Any = None
@@ -87,7 +95,10 @@ class HiDiffusionOptions:
             raise TypeError(f"native_resolution must be a whole number of pixels, got {self.native_resolution!r}")
         if self.native_resolution is not None and self.native_resolution < 64:
             raise ValueError(f"native_resolution must be at least 64 pixels, got {self.native_resolution}")
-        parse_window_grid(self.window_grid)
+        if self.schedule not in SCHEDULE_NAMES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {self.schedule!r}")
+        if self.window_grid is not None:
+            parse_window_grid(self.window_grid)
         if isinstance(self.window_seed, bool) or not isinstance(self.window_seed, int):
             raise TypeError(f"window_seed must be an integer, got {self.window_seed!r}")
         if self.guide is not None and not isinstance(self.guide, GuideSettings):

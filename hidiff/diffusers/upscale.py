@@ -5,8 +5,10 @@ What the HiDiffusion Hires Fix node and a KSampler do in ComfyUI: the native-siz
 are bicubic-upscaled ``scale`` times (:func:`hidiff.core.guide.upscaled_size`, as Upscale
 Latent By rounds), and an image-to-image run of the same components at strength 1 samples
 the upscaled latents with HiDiffusion and the low-band lock against the native latents
-(``apply_hidiffusion(..., reference=...)``). The pipeline is left as it was: HiDiffusion
-applied before the call is put back as it was, and a pipeline without it has none after.
+(``apply_hidiffusion(..., reference=...)``), on the node's defaults: the lock's
+(:class:`~hidiff.core.settings.GuideSettings`) and the auto node's measured schedule. The
+pipeline is left as it was: HiDiffusion applied before the call keeps its own options for the
+run and is put back as it was, and a pipeline without it has none after.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from ..core.guide import upscale_reference, upscaled_size
+from ..core.measured import SCHEDULE_NAMES
 from ..core.settings import GuideSettings
 from .install import ATTRIBUTE
 from .structure import unwrap_unet
@@ -157,9 +160,10 @@ def _check_call(scale: float, strength: float, call_kwargs: dict[str, Any]) -> N
 
 
 def _switches_and_options(previous: Any) -> tuple[tuple[bool, bool], dict[str, Any]]:
-    """The RAU-Net/MSW-MSA switches and options of HiDiffusion as the user applied it (the
-    defaults when they did not), for the guided run."""
+    """The RAU-Net/MSW-MSA switches and options of HiDiffusion as the user applied it, for
+    the guided run; when they did not, the ComfyUI node's: both parts on the auto node's
+    default schedule (``measured``)."""
     if previous is None:
-        return (True, True), {}
+        return (True, True), {"schedule": SCHEDULE_NAMES[0]}
     options = {field.name: getattr(previous.options, field.name) for field in fields(previous.options)}
     return (previous.raunet, previous.windows), options

@@ -270,8 +270,8 @@ def markdown(rows: list[dict[str, Any]], layout: str, scale: int, command: str, 
         "and guided defaults. Mask IoU: the overlap of each image's subject mask with the ComfyUI run's "
         "image of the same seed at the same size (1 = the same subjects in the same place). Drawn detail: "
         "median over seeds against ComfyUI's native image of the seed. Seconds per image include the native "
-        "pass for the two-pass runs. HiDiffusion under the lock: the node's is the auto node's plan (the "
-        "measured schedule), diffusers' is `apply_hidiffusion`'s default (the official schedule).",
+        "pass for the two-pass runs. HiDiffusion under the lock is the auto node's measured schedule in both "
+        "(`upscale`'s default).",
         "",
         "| run | size | duplicated | subjects | median mask IoU | drawn detail | s/image |",
         "|---|---|---|---|---|---|---|",

@@ -85,6 +85,8 @@ def test_option_checks():
         HiDiffusionOptions.from_kwargs({"native_resolution": 8})
     with pytest.raises(TypeError, match="window_seed"):
         HiDiffusionOptions.from_kwargs({"window_seed": 1.5})
+    with pytest.raises(ValueError, match="schedule must be one of measured, official"):
+        HiDiffusionOptions.from_kwargs({"schedule": "fast"})
 
 
 # ----------------------------------------------------------------------------- position

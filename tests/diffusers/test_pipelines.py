@@ -163,6 +163,47 @@ def test_sdxl_sizes_per_step(helpers):
     assert sizes.seen["up_blocks.1.attentions.2"] == [(16, 16)] * 10
 
 
+def test_sdxl_measured_schedule_sizes_per_step(helpers):
+    """schedule="measured" (the ComfyUI auto node's): RAD at the first Downsample
+    (down_blocks.0: 32 -> 8) for int(0.5 N) steps, the mirrored upsampler back to the skip
+    size, and no pooling (down_blocks.1's second pair at its stock size outside RAD)."""
+    pipe, prompt = helpers.sdxl_pipeline(), helpers.sdxl_prompt()
+    apply_hidiffusion(pipe, schedule="measured")
+    watch = {
+        "down_blocks.0.downsamplers.0": "out",
+        "down_blocks.1.downsamplers.0": "out",
+        "down_blocks.1.attentions.1": "in",
+        "up_blocks.1.upsamplers.0": "out",
+    }
+    sizes = SizeRecorder(pipe.unet, watch)
+    helpers.run(pipe, prompt, 10)
+    sizes.close()
+    assert sizes.mid == [4] * 5 + [8] * 5
+    assert sizes.seen["down_blocks.0.downsamplers.0"] == [(8, 8)] * 5 + [(16, 16)] * 5
+    assert sizes.seen["down_blocks.1.downsamplers.0"] == [(4, 4)] * 5 + [(8, 8)] * 5
+    assert sizes.seen["down_blocks.1.attentions.1"] == [(8, 8)] * 5 + [(16, 16)] * 5
+    assert sizes.seen["up_blocks.1.upsamplers.0"] == [(32, 32)] * 10
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_measured_schedule_windows_no_larger_than_the_native_grid(helpers, family):
+    """The measured schedule's MSW-MSA is window_grid "native" (3x3 windows at 3x the
+    side here); an explicit window_grid wins over it."""
+    pipe = helpers.sd_pipeline() if family == "sd" else helpers.sdxl_pipeline()
+    prompt = helpers.sd_prompt() if family == "sd" else helpers.sdxl_prompt()
+
+    def sample(**options):
+        apply_hidiffusion(pipe, apply_raunet=False, **options)
+        out = helpers.run(pipe, prompt, 3, size=96)
+        remove_hidiffusion(pipe)
+        return out
+
+    measured = sample(schedule="measured")
+    torch.testing.assert_close(measured, sample(window_grid="native"), rtol=0, atol=0)
+    assert (measured - sample()).abs().max() > 1e-3
+    torch.testing.assert_close(sample(schedule="measured", window_grid="2x2"), sample(), rtol=0, atol=0)
+
+
 def test_interrupted_run_then_shorter_run_switches(helpers):
     pipe, prompt = helpers.sd_pipeline(), helpers.sd_prompt()
     apply_hidiffusion(pipe, apply_window_attn=False)

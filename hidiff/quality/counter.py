@@ -92,3 +92,11 @@ def _well_formed(values: np.ndarray, region: np.ndarray, min_head: float) -> boo
 
 def read_all(images: torch.Tensor, native: int) -> list[Reading]:
     return [read(image, native) for image in images]
+
+
+def mask_iou(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Intersection over union of two same-size images' subject masks (the mask channel above
+    0): 1 for the same subjects in the same place, and when neither has a subject."""
+    a, b = first[MASK] > 0, second[MASK] > 0
+    union = int((a | b).sum())
+    return int((a & b).sum()) / union if union else 1.0

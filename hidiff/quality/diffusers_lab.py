@@ -14,6 +14,7 @@ latents, which the counter reads as the ComfyUI runs' are read.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ import torch
 from torch.nn import functional
 
 from . import counter, lab, models
-from .scenes import MASK
 
 POOLED = 1280
 """SDXL's pooled text embedding, zeros here as in :func:`models.conditioning`."""
@@ -204,13 +204,6 @@ def diffusers_runs(layout: str, scale: int, seeds: list[int], sigmas: list[float
     return native, guided, free
 
 
-def mask_iou(first: torch.Tensor, second: torch.Tensor) -> float:
-    """Intersection over union of two images' subject masks (1 when neither has a subject)."""
-    a, b = first[MASK] > 0, second[MASK] > 0
-    union = (a | b).sum().item()
-    return (a & b).sum().item() / union if union else 1.0
-
-
 def compare(layout: str, scale: int, seeds: list[int]) -> tuple[list[dict[str, Any]], list[Run]]:
     """Both ways at the native size and at ``scale`` x the side: a row of figures per run, and
     the runs. Each large run is compared with the ComfyUI node's image of the same seed, each
@@ -231,7 +224,7 @@ def compare(layout: str, scale: int, seeds: list[int]) -> tuple[list[dict[str, A
         (diffusers_free, comfy_guided),
     ):
         readings = counter.read_all(run.images, native)
-        overlaps = [mask_iou(mine, theirs) for mine, theirs in zip(run.images, against.images, strict=True)]
+        overlaps = [counter.mask_iou(mine, theirs) for mine, theirs in zip(run.images, against.images, strict=True)]
         grid = (run.images.shape[-2] // native, run.images.shape[-1] // native)
         drawn = [lab.drawn_detail_energy(image, grid) for image in run.images]
         rows.append(
@@ -243,7 +236,7 @@ def compare(layout: str, scale: int, seeds: list[int]) -> tuple[list[dict[str, A
                 "mean_subjects": sum(r.subjects for r in readings) / len(readings),
                 "subjects": [r.subjects for r in readings],
                 "mask_iou": overlaps,
-                "median_mask_iou": lab.median_ratio(overlaps, [1.0] * len(overlaps)),
+                "median_mask_iou": statistics.median(overlaps),
                 "drawn_detail": lab.median_ratio(drawn, native_drawn),
                 "seconds_per_image": run.seconds / len(readings),
             }

@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy.stats import fisher_exact
 
-from hidiff.quality import lab, models, train
+from hidiff.quality import counter, lab, models, train
 
 REGRESSION_SEEDS = 12
 """Images per configuration. With the committed model unpatched duplicates the subject on
@@ -139,14 +139,10 @@ GUIDED_SEEDS = (5000, 5001, 5002)
 
 
 def subject_overlap(images: torch.Tensor, reference: torch.Tensor) -> list[float]:
-    """Per image, the intersection over union of the subject masks (the scenes' mask channel
-    above 0) of ``images`` and of ``reference`` upscaled to their size (nearest)."""
-    from hidiff.quality.scenes import MASK
-
-    size = images.shape[-2:]
-    target = torch.nn.functional.interpolate(reference[:, MASK : MASK + 1], size=size, mode="nearest")[:, 0] > 0
-    found = images[:, MASK] > 0
-    return [float((f & t).sum() / max(int((f | t).sum()), 1)) for f, t in zip(found, target)]
+    """Per image, the subject-mask IoU (:func:`counter.mask_iou`) of ``images`` and of
+    ``reference`` upscaled to their size (nearest)."""
+    target = torch.nn.functional.interpolate(reference, size=images.shape[-2:], mode="nearest")
+    return [counter.mask_iou(image, upscaled) for image, upscaled in zip(images, target, strict=True)]
 
 
 def test_the_guided_hires_fix_keeps_the_native_composition_at_three_times_the_side(model, layout):

@@ -6,6 +6,12 @@ image size: a duplicate at 2x the side is still a subject of the trained size). 
 well formed when it holds exactly one head (a connected region of the parts channel
 above 0, large enough) and that head exactly two eyes (4-connected regions of the
 eyes channel above :data:`EYE_LEVEL`). See :mod:`hidiff.quality.scenes` for the channels.
+
+Structure at scale (:func:`read_eyes`, :func:`eye_overlap`): above the native size a model
+can keep one subject and still draw its face at the trained scale, a head covered in small
+eyes. Those read as many eyes here, so an eye counts as *clear* only from a size that grows
+with the image (:func:`clear_eye_area`: a fraction of the native samples' median eye,
+times the area scale); smaller eye regions inside a head are *specks*, a defect.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import ndimage
+from torch.nn import functional
 
 from .scenes import EYES, HEIGHT_RANGE, MASK, PARTS, STRUCTURE
 
@@ -28,6 +35,11 @@ EYE_LEVEL = STRUCTURE / 2
 """An eye pixel is nearer the eyes' +S than the 0 around the head. Read at 0, the lab
 model's grain at the head's rim (up to about +0.8) counted as stray eyes: 4 of 4 native
 samples read malformed, 1 of 4 at this level; the training scenes read the same at both."""
+
+
+CLEAR_EYE_FRACTION = 0.3
+"""An eye region is clear from this fraction of the native samples' median eye area (times
+the area scale) on; below it, a speck."""
 
 
 @dataclass(frozen=True)
@@ -62,32 +74,36 @@ def smallest_head_area(native: int) -> float:
 def read(image: torch.Tensor, native: int) -> Reading:
     """Count the subjects of one (4, H, W) image made for models of native side ``native``."""
     values = image.detach().float().cpu().numpy()
-    mask = values[MASK] > 0
-    labels, found = ndimage.label(mask, structure=EIGHT_CONNECTED)
-    min_area = MIN_SUBJECT_FRACTION * smallest_subject_area(native)
     min_head = MIN_HEAD_FRACTION * smallest_head_area(native)
-    subjects, well_formed, areas = 0, 0, []
-    for index in range(1, found + 1):
-        region = labels == index
-        area = int(region.sum())
-        if area < min_area:
-            continue
-        subjects += 1
-        areas.append(area)
-        if _well_formed(values, region, min_head):
-            well_formed += 1
-    return Reading(subjects, well_formed, tuple(areas))
+    subjects = _subjects(values, native)
+    well_formed = 0
+    for region in subjects:
+        heads = _heads(values, region, min_head)
+        well_formed += len(heads) == 1 and len(_eye_areas(values, heads[0])) == 2
+    return Reading(len(subjects), well_formed, tuple(int(region.sum()) for region in subjects))
 
 
-def _well_formed(values: np.ndarray, region: np.ndarray, min_head: float) -> bool:
+def _subjects(values: np.ndarray, native: int) -> list[np.ndarray]:
+    """The masks of the subjects: mask-channel regions of at least the minimum subject area."""
+    labels, found = ndimage.label(values[MASK] > 0, structure=EIGHT_CONNECTED)
+    min_area = MIN_SUBJECT_FRACTION * smallest_subject_area(native)
+    regions = (labels == index for index in range(1, found + 1))
+    return [region for region in regions if region.sum() >= min_area]
+
+
+def _heads(values: np.ndarray, region: np.ndarray, min_head: float) -> list[np.ndarray]:
+    """The masks of the heads inside one subject: parts-channel regions of at least ``min_head``."""
     heads, count = ndimage.label((values[PARTS] > 0) & region, structure=EIGHT_CONNECTED)
     sizes = ndimage.sum_labels(np.ones_like(heads), heads, index=range(1, count + 1)) if count else []
-    big = [index + 1 for index, size in enumerate(sizes) if size >= min_head]
-    if len(big) != 1:
-        return False
-    head = heads == big[0]
-    _, eyes = ndimage.label((values[EYES] > EYE_LEVEL) & ndimage.binary_dilation(head))  # 4-connected: eyes stay apart
-    return eyes == 2
+    return [heads == index + 1 for index, size in enumerate(sizes) if size >= min_head]
+
+
+def _eye_areas(values: np.ndarray, head: np.ndarray) -> list[int]:
+    """The pixel areas of the eye regions of one head (4-connected, so eyes stay apart)."""
+    eyes, count = ndimage.label((values[EYES] > EYE_LEVEL) & ndimage.binary_dilation(head))
+    if not count:
+        return []
+    return [int(area) for area in ndimage.sum_labels(np.ones_like(eyes), eyes, index=range(1, count + 1))]
 
 
 def read_all(images: torch.Tensor, native: int) -> list[Reading]:
@@ -100,3 +116,71 @@ def mask_iou(first: torch.Tensor, second: torch.Tensor) -> float:
     a, b = first[MASK] > 0, second[MASK] > 0
     union = int((a | b).sum())
     return int((a & b).sum()) / union if union else 1.0
+
+
+@dataclass(frozen=True)
+class Eyes:
+    """The eyes one image's heads hold, read at the image's scale."""
+
+    clear: int
+    """Eye regions inside heads of at least the clear area."""
+    specks: int
+    """Eye regions inside heads below it: eyes drawn at the trained scale on an enlarged head."""
+    two_eyed: bool
+    """Exactly one subject, with exactly one head, holding exactly two clear eyes."""
+
+
+def eye_areas(image: torch.Tensor, native: int) -> list[int]:
+    """The pixel area of every eye region of every head in one image (made for native side
+    ``native``); the native samples' areas give the eye size :func:`clear_eye_area` scales."""
+    values = image.detach().float().cpu().numpy()
+    min_head = MIN_HEAD_FRACTION * smallest_head_area(native)
+    return [
+        area
+        for region in _subjects(values, native)
+        for head in _heads(values, region, min_head)
+        for area in _eye_areas(values, head)
+    ]
+
+
+def clear_eye_area(native_areas: list[int], area_scale: float) -> float:
+    """The least area of a clear eye in an image ``area_scale`` times the native area (4x the
+    side: 16): :data:`CLEAR_EYE_FRACTION` of the native samples' median eye, scaled."""
+    if not native_areas:
+        raise ValueError("the native samples hold no eyes to measure the eye size from")
+    return CLEAR_EYE_FRACTION * float(np.median(native_areas)) * area_scale
+
+
+def read_eyes(image: torch.Tensor, native: int, min_eye_area: float) -> Eyes:
+    """The clear eyes and the specks of one image's heads (:func:`clear_eye_area` gives
+    ``min_eye_area``)."""
+    values = image.detach().float().cpu().numpy()
+    min_head = MIN_HEAD_FRACTION * smallest_head_area(native)
+    subjects = _subjects(values, native)
+    clear = specks = 0
+    two_eyed = False
+    for region in subjects:
+        heads = _heads(values, region, min_head)
+        for head in heads:
+            areas = _eye_areas(values, head)
+            big = sum(area >= min_eye_area for area in areas)
+            clear, specks = clear + big, specks + len(areas) - big
+            two_eyed = len(subjects) == 1 and len(heads) == 1 and big == 2
+    return Eyes(clear, specks, two_eyed)
+
+
+def eye_map(image: torch.Tensor) -> torch.Tensor:
+    """Where one (4, H, W) image draws eyes: the eyes channel above :data:`EYE_LEVEL`."""
+    return image[EYES] > EYE_LEVEL
+
+
+def eye_overlap(image: torch.Tensor, native_image: torch.Tensor) -> float:
+    """Intersection over union of ``image``'s eye map and that of the native sample of the
+    same seed bicubic-upscaled to its size (as the Hires Fix node upscales it): 1 when the
+    large pass kept the native eyes where they were and drew no others; NaN when neither
+    has an eye."""
+    size = tuple(image.shape[-2:])
+    upscaled = functional.interpolate(native_image[None].float(), size=size, mode="bicubic", align_corners=False)[0]
+    mine, theirs = eye_map(image.float()), eye_map(upscaled)
+    union = int((mine | theirs).sum())
+    return int((mine & theirs).sum()) / union if union else float("nan")

@@ -16,6 +16,7 @@ from the batch's first seed. The same settings give the same figures in every pr
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ SecondPass = Callable[[Any, Any, int, int, int], tuple[Any, Any]]
 class Config:
     """One way to sample at a size: a model transform, or a two-pass pipeline (``hires``):
     KSampler at the native size, then ``second`` (default: Upscale Latent By with the same
-    model) and a KSampler at ``denoise``."""
+    model) and a KSampler at ``denoise`` with ``steps`` (the large pass's step count)."""
 
     name: str
     label: str
@@ -54,6 +55,7 @@ class Config:
     hires: bool = False
     denoise: float = HIRES_DENOISE
     second: SecondPass | None = None
+    steps: int = STEPS
 
 
 def _node(name: str) -> Any:
@@ -211,6 +213,30 @@ CONFIGS: tuple[Config, ...] = (
         denoise=GUIDED_DENOISE,
         second=_guided("lowpass: fft\ncutoff: 0.5"),
     ),
+    Config(
+        "guided_10",
+        "HiDiffusion Hires Fix (defaults), large pass at 10 steps",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided(),
+        steps=10,
+    ),
+    Config(
+        "guided_exp1_10",
+        "HiDiffusion Hires Fix, exponent: 1, large pass at 10 steps",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("exponent: 1"),
+        steps=10,
+    ),
+    Config(
+        "guided_exp0_10",
+        "HiDiffusion Hires Fix, exponent: 0 (the lock held to the end), large pass at 10 steps",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("exponent: 0"),
+        steps=10,
+    ),
     Config("guided_d075", "HiDiffusion Hires Fix, denoise 0.75", hires=True, denoise=0.75, second=_guided()),
     Config(
         "guided_off",
@@ -244,6 +270,10 @@ class Cell:
     """Every image's detail in seed order, NaN for an image without a subject to measure."""
     image_drawn: list[float] = field(default_factory=list)
     """Every image's drawn detail (:func:`drawn_detail_energy`) in seed order."""
+    eyes: list[counter.Eyes] = field(default_factory=list)
+    """Every image's eyes read at its scale (:func:`counter.read_eyes`), in seed order."""
+    eye_overlaps: list[float] = field(default_factory=list)
+    """Every image's eye-map overlap with the upscaled native sample of its seed."""
     seconds: float = 0.0
     error: str | None = None
 
@@ -257,6 +287,24 @@ class Cell:
         self.detail.extend(d for d in details if not math.isnan(d))
         self.image_detail.extend(details)
         self.image_drawn.extend(drawn if drawn is not None else [float("nan")] * len(readings))
+
+    def add_structure(self, eyes: list[counter.Eyes], overlaps: list[float]) -> None:
+        self.eyes.extend(eyes)
+        self.eye_overlaps.extend(overlaps)
+
+    def structure(self) -> dict[str, float]:
+        """The structure columns: images with one subject holding two clear eyes, clear eyes
+        and specks per image, and the median eye-map overlap (NaN before any reading)."""
+        if not self.eyes:
+            return dict.fromkeys(("two_eyed_rate", "clear_eyes", "specks", "eye_overlap"), float("nan"))
+        n = len(self.eyes)
+        overlaps = [value for value in self.eye_overlaps if not math.isnan(value)]
+        return {
+            "two_eyed_rate": sum(eyes.two_eyed for eyes in self.eyes) / n,
+            "clear_eyes": sum(eyes.clear for eyes in self.eyes) / n,
+            "specks": sum(eyes.specks for eyes in self.eyes) / n,
+            "eye_overlap": statistics.median(overlaps) if overlaps else float("nan"),
+        }
 
     def median_detail(self, native_images: list[float]) -> float:
         """The median over seeds of each image's detail against the native sample of the same
@@ -285,6 +333,7 @@ class Cell:
             "detail": detail / native_detail if native_detail else detail,
             "median_detail": self.median_detail(native_images) if native_images else float("nan"),
             "drawn_detail": median_ratio(self.image_drawn, native_drawn) if native_drawn else float("nan"),
+            **self.structure(),
             "seconds_per_image": self.seconds / n,
             "error": self.error,
         }
@@ -371,7 +420,7 @@ def sample_batch(
     first_height, first_width = (native, native) if hires else (height, width)
     latent = torch.zeros(len(seeds), 4, first_height, first_width)
     noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed) for seed in seeds])
-    samples = _ksampler(model, seeds[0], sampler, positive, negative, latent, noise, 1.0)
+    samples = _ksampler(model, seeds[0], sampler, positive, negative, latent, noise, 1.0, STEPS)
     if hires:
         if config.second is None:
             second_model = model
@@ -379,18 +428,28 @@ def sample_batch(
         else:
             second_model, upscaled = config.second(model, samples, native, height, width)
         noise = torch.cat([comfy.sample.prepare_noise(upscaled[:1], seed) for seed in seeds])
-        samples = _ksampler(second_model, seeds[0], sampler, positive, negative, upscaled, noise, config.denoise)
+        samples = _ksampler(
+            second_model, seeds[0], sampler, positive, negative, upscaled, noise, config.denoise, config.steps
+        )
     return model.model.process_latent_in(samples)
 
 
 def _ksampler(
-    model: Any, seed: int, sampler: str, positive: list, negative: list, latent: Any, noise: Any, denoise: float
+    model: Any,
+    seed: int,
+    sampler: str,
+    positive: list,
+    negative: list,
+    latent: Any,
+    noise: Any,
+    denoise: float,
+    steps: int,
 ) -> Any:
     """KSampler's own sampling call (``nodes.common_ksampler`` minus its noise, which is per seed here)."""
     import comfy.sample
 
     return comfy.sample.sample(
-        model, noise, STEPS, CFG, sampler, SCHEDULER, positive, negative, latent,
+        model, noise, steps, CFG, sampler, SCHEDULER, positive, negative, latent,
         denoise=denoise, seed=seed, disable_pbar=True,
     )  # fmt: skip
 
@@ -425,6 +484,17 @@ def run_cell(
     return cell, torch.cat(images)
 
 
+def read_structure(
+    cell: Cell, images: torch.Tensor, natives: torch.Tensor, native: int, native_eyes: list[int], scale: tuple[int, int]
+) -> None:
+    """Read every image's eyes at its scale and its eye map against the native sample of its seed."""
+    min_eye_area = counter.clear_eye_area(native_eyes, scale[0] * scale[1])
+    cell.add_structure(
+        [counter.read_eyes(image, native, min_eye_area) for image in images],
+        [counter.eye_overlap(image, native_image) for image, native_image in zip(images, natives, strict=True)],
+    )
+
+
 @dataclass(frozen=True)
 class LabSettings:
     """What one lab run samples."""
@@ -448,6 +518,8 @@ def run(settings: LabSettings, on_row: Callable[[dict[str, Any]], None]) -> tupl
         native = models.native_of(layout)
         for sampler in settings.samplers:
             reference = run_cell(model, layout, native, CONFIGS[0], (1, 1), sampler, seeds)
+            native_images_out = reference[1]
+            native_eyes = [area for image in native_images_out for area in counter.eye_areas(image, native)]
             native_detail = reference[0].figures()["detail"]
             native_images = reference[0].image_detail
             native_drawn = reference[0].image_drawn
@@ -459,6 +531,8 @@ def run(settings: LabSettings, on_row: Callable[[dict[str, Any]], None]) -> tupl
                         cell, out = reference  # the native reference is this very cell
                     else:
                         cell, out = run_cell(model, layout, native, config, scale, sampler, seeds)
+                    if out is not None:
+                        read_structure(cell, out, native_images_out, native, native_eyes, scale)
                     row = cell.figures(native_detail, native_images, native_drawn)
                     rows.append(row)
                     if out is not None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import models
+from . import counter, models
 from .lab import CFG, HIRES_DENOISE, HIRES_UPSCALE, LABELS, SCHEDULER, STEPS, LabSettings
 
 
@@ -20,7 +20,9 @@ def format_row(row: dict[str, Any]) -> str:
         f"malformed {row['malformed_rate']:5.0%}  "
         f"one good {row['one_good_rate']:5.0%}  subjects {row['mean_subjects']:4.2f}  "
         f"detail {row['detail']:4.2f}  median detail {row.get('median_detail', float('nan')):4.2f}  "
-        f"drawn detail {row.get('drawn_detail', float('nan')):4.2f}  "
+        f"texture {row.get('drawn_detail', float('nan')):4.2f}  "
+        f"two-eyed {row.get('two_eyed_rate', float('nan')):5.0%}  clear eyes {row.get('clear_eyes', float('nan')):4.2f}  "
+        f"specks {row.get('specks', float('nan')):5.2f}  eye overlap {row.get('eye_overlap', float('nan')):4.2f}  "
         f"{row['seconds_per_image']:.2f} s/image"
     )
 
@@ -50,7 +52,11 @@ TABLE_COLUMNS = (
     ("mean_subjects", "subjects", "{:.2f}"),
     ("detail", "detail", "{:.2f}"),
     ("median_detail", "median detail", "{:.2f}"),
-    ("drawn_detail", "drawn detail", "{:.2f}"),
+    ("drawn_detail", "texture", "{:.2f}"),
+    ("two_eyed_rate", "two-eyed", "{:.0%}"),
+    ("clear_eyes", "clear eyes", "{:.2f}"),
+    ("specks", "eye specks", "{:.2f}"),
+    ("eye_overlap", "eye overlap", "{:.2f}"),
     ("seconds_per_image", "s/image", "{:.2f}"),
 )
 
@@ -122,9 +128,16 @@ def markdown(rows: list[dict[str, Any]], settings: LabSettings, command: str, gr
         "- dup: images with 2 or more subjects; empty: images with none; malformed: images with a subject lacking "
         "one head and two eyes; one good: exactly one well-formed subject; detail: high-frequency energy inside "
         "subjects relative to unpatched native samples (1.00 = native detail); median detail: the median over "
-        "seeds of each image's detail against the unpatched native sample of the same seed; drawn detail: the "
+        "seeds of each image's detail against the unpatched native sample of the same seed; texture: the "
         "same median of the squared neighbour differences inside one cell of the upscale grid (an Upscale Latent "
-        "By's blocks read 0, their edges are not detail).",
+        "By's blocks read 0, their edges are not detail): a band to be inside (about 1 = the native samples' "
+        "texture), not a score to maximise, since eyes drawn at the trained scale on an enlarged head read as "
+        "texture too.",
+        "- Structure at scale: two-eyed: images with one subject whose one head holds exactly two clear eyes (an "
+        f"eye region of at least {counter.CLEAR_EYE_FRACTION:g} x the native samples' median eye area x the area "
+        "scale); clear eyes and eye specks (smaller eye regions inside heads) per image; eye overlap: the median "
+        "over seeds of the eye map's intersection over union with the bicubic-upscaled native sample of the "
+        "same seed.",
         "",
         table(rows),
         "",

@@ -6,6 +6,8 @@ frames with N subjects; and it fails the way it should when a subject loses a pa
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -72,3 +74,76 @@ def test_grain_at_the_heads_rim_is_not_read_as_eyes():
     assert counter.read(grainy, NATIVE).malformed == 0
     grainy[scenes.EYES] = torch.where(rim & checker, counter.EYE_LEVEL + 0.1, grainy[scenes.EYES])
     assert counter.read(grainy, NATIVE).malformed == 1  # above the level they are stray eyes
+
+
+def _enlarged(seed: int, native: int, scale: int) -> tuple[torch.Tensor, torch.Tensor, scenes.Subject]:
+    """A native scene and the same subject drawn at ``scale`` times the side (a head
+    ``scale``² times larger, with eyes of the same proportion: structure kept at scale)."""
+    image, subject = scenes.scene(seed, native, native)
+    big = scenes.Subject(subject.y * scale, subject.x * scale, subject.height * scale, subject.tilt, subject.colour)
+    background = scenes.background(torch.Generator().manual_seed(seed), native * scale, native * scale)
+    return image, scenes.draw(background, big), big
+
+
+def _speckled(image: torch.Tensor, spacing: int, keep_eyes: bool) -> tuple[torch.Tensor, int]:
+    """``image`` with one-pixel eyes on a ``spacing`` lattice over its head (the trained-scale
+    eyes a model draws on an enlarged head); its own eyes kept or painted over. Returns the
+    image and the number of specks drawn."""
+    out = image.clone()
+    head = (out[scenes.PARTS] > 0) & (out[scenes.MASK] > 0)
+    if not keep_eyes:
+        out[scenes.EYES] = torch.where(head, -scenes.STRUCTURE, out[scenes.EYES])
+    eyes = out[scenes.EYES] > 0
+    near_eye = torch.nn.functional.max_pool2d(eyes[None, None].float(), 5, 1, 2)[0, 0] > 0
+    rows, cols = torch.meshgrid(torch.arange(out.shape[1]), torch.arange(out.shape[2]), indexing="ij")
+    lattice = (rows % spacing == 0) & (cols % spacing == 0)
+    inner = torch.nn.functional.max_pool2d((~head)[None, None].float(), 3, 1, 1)[0, 0] == 0  # away from the rim
+    specks = lattice & inner & ~near_eye
+    out[scenes.EYES] = torch.where(specks, scenes.STRUCTURE, out[scenes.EYES])
+    return out, int(specks.sum())
+
+
+def test_a_head_drawn_at_4x_holds_two_clear_eyes_and_no_specks():
+    native_side, scale = 24, 4
+    natives = [scenes.scene(seed, native_side, native_side)[0] for seed in range(8)]
+    native_areas = [area for image in natives for area in counter.eye_areas(image, native_side)]
+    min_area = counter.clear_eye_area(native_areas, scale * scale)
+    for seed in range(8):
+        native, enlarged, _ = _enlarged(seed, native_side, scale)
+        assert counter.read_eyes(native, native_side, counter.clear_eye_area(native_areas, 1)) == counter.Eyes(
+            2, 0, True
+        )
+        assert counter.read_eyes(enlarged, native_side, min_area) == counter.Eyes(2, 0, True), seed
+        # the native eyes are too small to be clear at 4x: a native-size head read at 4x's threshold
+        assert counter.read_eyes(native, native_side, min_area).clear == 0
+
+
+def test_a_head_covered_in_trained_scale_eyes_reads_as_specks_not_two_eyes():
+    native_side, scale = 24, 4
+    native_areas = [area for seed in range(8) for area in counter.eye_areas(scenes.scene(seed, 24, 24)[0], 24)]
+    min_area = counter.clear_eye_area(native_areas, scale * scale)
+    _, enlarged, _ = _enlarged(2, native_side, scale)
+    field, drawn = _speckled(enlarged, 3, keep_eyes=False)
+    assert drawn >= 30
+    assert counter.read_eyes(field, native_side, min_area) == counter.Eyes(0, drawn, False)
+    assert counter.read(field, native_side).malformed == 1  # composition read: many eyes, malformed
+    both, drawn = _speckled(enlarged, 3, keep_eyes=True)
+    assert counter.read_eyes(both, native_side, min_area) == counter.Eyes(2, drawn, True)
+
+
+def test_eye_overlap_is_high_for_the_native_eyes_kept_and_low_for_a_field_of_eyes():
+    native, enlarged, _ = _enlarged(2, 24, 4)
+    upscaled = torch.nn.functional.interpolate(native[None], scale_factor=4, mode="bicubic")[0]
+    assert counter.eye_overlap(upscaled, native) == 1.0
+    kept = counter.eye_overlap(enlarged, native)
+    field, _ = _speckled(enlarged, 3, keep_eyes=False)
+    lost = counter.eye_overlap(field, native)
+    assert kept > 0.5 and lost < 0.1, (kept, lost)
+    no_eyes = scenes.background(torch.Generator().manual_seed(0), 96, 96)
+    assert math.isnan(counter.eye_overlap(no_eyes, scenes.background(torch.Generator().manual_seed(1), 24, 24)))
+
+
+def test_the_clear_eye_size_needs_native_eyes():
+    with pytest.raises(ValueError, match="no eyes"):
+        counter.clear_eye_area([], 16)
+    assert counter.clear_eye_area([4, 6, 100], 16) == pytest.approx(counter.CLEAR_EYE_FRACTION * 6 * 16)

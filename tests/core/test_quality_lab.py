@@ -95,3 +95,34 @@ def test_drawn_detail_reads_no_upscaler_blocks_and_native_texture_at_any_scale()
     assert np.isclose(
         cell.figures(native_images=[1.0, 1.0], native_drawn=native_drawn)["drawn_detail"], on_grid / native_drawn[0] / 2
     )
+
+
+def test_cells_report_structure_at_scale():
+    """Two-eyed rate, clear eyes and specks per image, and the median eye overlap (NaN
+    overlaps, images without eyes on either side, left out)."""
+    cell = lab.Cell("guided", "sd15", "euler", 768, 768)
+    assert math.isnan(cell.figures()["two_eyed_rate"])
+    eyes = [counter.Eyes(2, 0, True), counter.Eyes(0, 19, False), counter.Eyes(2, 3, True), counter.Eyes(1, 0, False)]
+    cell.add_structure(eyes, [0.8, 0.1, float("nan"), 0.5])
+    figures = cell.figures()
+    assert figures["two_eyed_rate"] == 0.5
+    assert figures["clear_eyes"] == 1.25 and figures["specks"] == 5.5
+    assert figures["eye_overlap"] == 0.5
+
+
+def test_the_lab_reads_structure_against_the_native_sample_of_each_seed():
+    """read_structure scales the clear-eye size with the area and pairs each image with the
+    native sample of its own seed."""
+    native = 24
+    natives = torch.stack([scenes.scene(seed, native, native)[0] for seed in range(3)])
+    upscaled = torch.nn.functional.interpolate(natives, scale_factor=2, mode="bicubic")
+    native_eyes = [area for image in natives for area in counter.eye_areas(image, native)]
+    cell = lab.Cell("guided", "sd15", "euler", 384, 384)
+    lab.read_structure(cell, upscaled, natives, native, native_eyes, (2, 2))
+    assert cell.figures()["eye_overlap"] == 1.0
+    shuffled = lab.Cell("guided", "sd15", "euler", 384, 384)
+    lab.read_structure(shuffled, upscaled, natives.flip(0), native, native_eyes, (2, 2))
+    assert shuffled.figures()["eye_overlap"] < 0.5
+    min_area = counter.clear_eye_area(native_eyes, 4)
+    assert [counter.read_eyes(image, native, min_area) for image in upscaled] == cell.eyes
+    assert cell.eyes != [counter.read_eyes(image, native, counter.clear_eye_area(native_eyes, 1)) for image in upscaled]

@@ -139,7 +139,8 @@ def _lab(args: argparse.Namespace, argv: list[str]) -> int:
         progress(f"wrote {args.markdown}")
     if not args.full:
         path = report.short_picture(images, settings, args.picture)
-        progress(f"wrote {path}")
+        if path is not None:
+            progress(f"wrote {path}")
     return 0
 
 

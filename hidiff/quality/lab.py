@@ -128,7 +128,7 @@ GUIDED_DENOISE = 1.0
 """The guided hires fix's second pass: a KSampler at its default denoise."""
 
 
-def _guided(advanced: str = "") -> SecondPass:
+def _guided(advanced: str = "", msw_msa: bool = True, raunet: bool = True) -> SecondPass:
     """The HiDiffusion Hires Fix node on the native samples, as a user wires it."""
 
     def second(model: Any, samples: Any, native: int, height: int, width: int) -> tuple[Any, Any]:
@@ -137,7 +137,12 @@ def _guided(advanced: str = "") -> SecondPass:
         node = _node("HiDiffusionHiresFix")
         text = f"native_resolution: {native * 8}\n{advanced}"
         output = node.execute(
-            model=model, latent={"samples": samples}, scale_by=height / native, raunet=True, msw_msa=True, advanced=text
+            model=model,
+            latent={"samples": samples},
+            scale_by=height / native,
+            raunet=raunet,
+            msw_msa=msw_msa,
+            advanced=text,
         )
         patched, latent = output.result
         return patched, latent["samples"]
@@ -235,6 +240,54 @@ CONFIGS: tuple[Config, ...] = (
         hires=True,
         denoise=GUIDED_DENOISE,
         second=_guided("exponent: 0"),
+        steps=10,
+    ),
+    Config(
+        "guided_am07_10",
+        "HiDiffusion Hires Fix, modulation: 0.7, large pass at 10 steps",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("modulation: 0.7"),
+        steps=10,
+    ),
+    Config(
+        "guided_am1_10",
+        "HiDiffusion Hires Fix, modulation: 1, large pass at 10 steps",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("modulation: 1"),
+        steps=10,
+    ),
+    Config(
+        "guided_am07all_10",
+        "HiDiffusion Hires Fix, modulation: 0.7 on all decoder layers, large pass at 10 steps",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("modulation: 0.7\nmodulation_layers: all"),
+        steps=10,
+    ),
+    Config(
+        "guided_views05_10",
+        "HiDiffusion Hires Fix, views: 0.5, large pass at 10 steps",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("views: 0.5"),
+        steps=10,
+    ),
+    Config(
+        "guided_views08_10",
+        "HiDiffusion Hires Fix, views: 0.8, large pass at 10 steps",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided("views: 0.8"),
+        steps=10,
+    ),
+    Config(
+        "guided_no_msw_10",
+        "HiDiffusion Hires Fix, msw_msa off, large pass at 10 steps",
+        hires=True,
+        denoise=GUIDED_DENOISE,
+        second=_guided(msw_msa=False),
         steps=10,
     ),
     Config("guided_d075", "HiDiffusion Hires Fix, denoise 0.75", hires=True, denoise=0.75, second=_guided()),
@@ -523,6 +576,12 @@ def run(settings: LabSettings, on_row: Callable[[dict[str, Any]], None]) -> tupl
             native_detail = reference[0].figures()["detail"]
             native_images = reference[0].image_detail
             native_drawn = reference[0].image_drawn
+            if (1, 1) not in settings.scales:  # the native samples' row: what every structure figure is read against
+                read_structure(reference[0], native_images_out, native_images_out, native, native_eyes, (1, 1))
+                row = reference[0].figures(native_detail, native_images, native_drawn)
+                rows.append(row)
+                images[(layout, CONFIGS[0].name, (1, 1), sampler)] = native_images_out
+                on_row(row)
             for scale in settings.scales:
                 for config in CONFIGS:
                     if config.name not in settings.configs:
@@ -541,7 +600,13 @@ def run(settings: LabSettings, on_row: Callable[[dict[str, Any]], None]) -> tupl
     return rows, images
 
 
-SHORT = LabSettings(layouts=("sdxl",), configs=("unpatched", "auto"), scales=((3, 3),), samplers=("euler",), seeds=4)
-"""The short run: one picture a newcomer reads at a glance, the same 4 seeds at 3x the side
-unpatched and with the auto node (about 15 and 12 s per image on the 2-core CPU, so about
-two minutes with the native reference)."""
+SHORT = LabSettings(
+    layouts=("sdxl",),
+    configs=("unpatched", "auto", "hires_fix", "guided_10"),
+    scales=((3, 3),),
+    samplers=("euler",),
+    seeds=4,
+)
+"""The short run: the README's recommendation at a glance, the same 4 seeds at 3x the side
+unpatched, with the HiDiffusion node, the hires fix and the HiDiffusion Hires Fix (its large
+pass at the example workflows' 10 steps), with the structure columns."""

@@ -93,16 +93,28 @@ def write_grids(images: dict, folder: Any) -> list[Any]:
     return paths
 
 
+SHORT_ROWS = (
+    ("unpatched", "unpatched"),
+    ("auto", "HiDiffusion"),
+    ("hires_fix", "hires fix (0.5 denoise)"),
+    ("guided_10", "HiDiffusion Hires Fix"),
+)
+"""The short picture's rows: configuration and the label a newcomer reads."""
+
+
 def short_picture(images: dict, settings: LabSettings, path: Any) -> Any:
-    """The short run's picture: unpatched above HiDiffusion, the same seeds."""
+    """The short run's picture: one row per configuration of :data:`SHORT_ROWS` that ran, the
+    same seeds; None when none ran."""
     from .pictures import grid
 
     layout, scale, sampler = settings.layouts[0], settings.scales[0], settings.samplers[0]
     rows = [
         (f"{label}: same seeds", images[(layout, name, scale, sampler)])
-        for name, label in (("unpatched", "unpatched"), ("auto", "HiDiffusion"))
+        for name, label in SHORT_ROWS
         if (layout, name, scale, sampler) in images
     ]
+    if not rows:
+        return None
     title = f"lab model ({layout} layout) at {scale[0]}x{scale[1]} its native side"
     return grid(rows, path, title=title)
 

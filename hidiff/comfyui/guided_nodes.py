@@ -17,11 +17,8 @@ from comfy_api.latest import io
 from ..core.guide import LOWPASS_MODES, upscaled_size
 from ..core.settings import GuideSettings
 from ..log import logger
-from .attention_modulation import apply_modulation
 from .auto_nodes import ADVANCED_KEYS, AutoOptions, apply_plan, auto_options, plan_with
 from .guide import apply_lock
-from .model_info import unet_map_of
-from .native_views import apply_views
 from .node_common import PackNode
 from .params import (
     ADVANCED,
@@ -33,7 +30,6 @@ from .params import (
     require_number,
 )
 
-MODULATION_LAYERS = ("deepest", "all")
 UPSCALE_METHODS = ("bicubic", "nearest-exact", "bilinear", "area", "bislerp")
 """How the latent handed to the KSampler is upscaled: Upscale Latent By's methods, bicubic first."""
 GUIDE_KEYS = {
@@ -41,11 +37,6 @@ GUIDE_KEYS = {
     "exponent": "how fast the lock fades as noise falls: weight = strength * (cosine ramp)^exponent (default 3)",
     "lowpass": f"which frequencies are locked: {' or '.join(LOWPASS_MODES)} (default resize)",
     "cutoff": "the locked band as a fraction of the input latent's own, above 0 up to 1 (default 1)",
-    "modulation": "the native image's self-attention share in the large pass's decoder attention, 0 to 1 "
-    "(FAM's attention modulation; default 0 = off; one native-size model call per step)",
-    "views": "the native views' share in the large pass's prediction, 0 to 1 (the large latent denoised also as "
-    "native-size interleaved views, DemoFusion's dilated sampling; default 0 = off)",
-    "modulation_layers": "which decoder self-attention layers are modulated: deepest or all (default deepest)",
     "upscale_method": f"how the latent is upscaled for the KSampler: {', '.join(UPSCALE_METHODS)} (default bicubic)",
 }
 ALL_KEYS = {**ADVANCED_KEYS, **GUIDE_KEYS}
@@ -71,11 +62,6 @@ def parse_guided(text: str | None) -> GuidedOptions:
             exponent=_exponent(guide.get("exponent", GuideSettings.exponent)),
             lowpass=require_choice("lowpass", guide.get("lowpass", GuideSettings.lowpass), LOWPASS_MODES),
             cutoff=_cutoff(guide.get("cutoff", GuideSettings.cutoff)),
-            modulation=require_fraction("modulation", guide.get("modulation", GuideSettings.modulation)),
-            views=require_fraction("views", guide.get("views", GuideSettings.views)),
-            modulation_layers=require_choice(
-                "modulation_layers", guide.get("modulation_layers", GuideSettings.modulation_layers), MODULATION_LAYERS
-            ),
         )
         method = require_choice("upscale_method", guide.get("upscale_method", UPSCALE_METHODS[0]), UPSCALE_METHODS)
     return GuidedOptions(auto, settings, method)
@@ -188,13 +174,6 @@ class HiDiffusionHiresFix(PackNode):
         upscaled = comfy.utils.common_upscale(samples, width, height, options.upscale_method, "disabled")
         band = (int(samples.shape[-2]), int(samples.shape[-1]))
         patched = apply_lock(patched, upscaled, band, options.guide)
-        if options.guide.modulation > 0.0:
-            guide = options.guide
-            patched = apply_modulation(
-                patched, samples, (height, width), guide.modulation, guide.modulation_layers, unet_map_of(model)
-            )
-        if options.guide.views > 0.0:
-            patched = apply_views(patched, (height, width), band, options.guide.views)
         return io.NodeOutput(patched, {**latent, "samples": upscaled})
 
 

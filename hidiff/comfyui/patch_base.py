@@ -14,8 +14,6 @@ RAUNET = "hidiffusion_raunet"
 MSW_MSA = "hidiffusion_msw_msa"
 CONTROLNET = "hidiffusion_controlnet"
 GUIDE = "hidiffusion_guide"
-MODULATION = "hidiffusion_modulation"
-VIEWS = "hidiffusion_views"
 
 
 class SharedPatch:

@@ -79,10 +79,3 @@ class GuideSettings:
     """``resize`` or ``fft`` (:data:`hidiff.core.guide.LOWPASS_MODES`)."""
     cutoff: float = 1.0
     """The locked band as a fraction of the reference's own (FAM's box uses 0.5); the rest is free."""
-    modulation: float = 0.0
-    """FAM's attention modulation λ: the native self-attention maps' share in the large pass's
-    decoder self-attention (:mod:`hidiff.core.attention_modulation`); 0 switches it off."""
-    views: float = 0.0
-    """The native views' share in the large pass's prediction (:mod:`hidiff.core.native_views`); 0: off."""
-    modulation_layers: str = "deepest"
-    """Which decoder self-attention layers: ``deepest`` (FAM's) or ``all``."""

@@ -153,10 +153,8 @@ def guided_hires_fix(
     tiled_decode: bool = False,
 ) -> list[Node]:
     """Loader and prompts, the native-size latent (a KSampler at ``native`` px, or VAE Encode of
-    ``image``), HiDiffusion Hires Fix, a KSampler at denoise 1 on both of its outputs with
-    :data:`LARGE_PASS_STEPS`, decode, save."""
+    ``image``), HiDiffusion Hires Fix, a KSampler at denoise 1 on both of its outputs, decode, save."""
     settings = {"steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler}
-    large = {**settings, "steps": LARGE_PASS_STEPS}
     if image is None:
         source = [
             node("latent", "EmptyLatentImage", 2, row=1, width=native, height=native, batch_size=1),
@@ -201,23 +199,18 @@ def guided_hires_fix(
             advanced="",
         ),
         ksampler(
-            "sampler", 5, Ref("hires", "MODEL"), Ref("hires", "LATENT"), "KSampler (target size, denoise 1)", **large
+            "sampler", 5, Ref("hires", "MODEL"), Ref("hires", "LATENT"), "KSampler (target size, denoise 1)", **settings
         ),
         decode,
         node("save", "SaveImage", 7, images=Ref("decode", "IMAGE"), filename_prefix=prefix),
     ]
 
 
-LARGE_PASS_STEPS = 10
-"""The large pass's steps: in the quality lab 10 steps drew the composition and structure 20 did, in
-about half the time (docs/quality.md, "The large pass's step count")."""
 GUIDED_NOTE = (
     "HiDiffusion Hires Fix takes the native-size latent and scale_by, and gives the second KSampler "
     "the upscaled latent and a model with HiDiffusion for the target size plus a lock that holds the "
     "image's large shapes to the upscaled latent while the noise is high. Sample it at denoise 1: the "
-    "composition stays, the texture is drawn anew. Any sampler and scheduler work. "
-    f"The second KSampler runs {LARGE_PASS_STEPS} steps: the composition is already there, and more steps "
-    "took twice the time for the same result in the quality lab. Its advanced box "
+    "composition stays, the texture is drawn anew. Any sampler and scheduler work. Its advanced box "
     "takes YAML: strength, exponent, lowpass, upscale_method, and the HiDiffusion node's keys."
 )
 

@@ -97,7 +97,7 @@ SHORT_ROWS = (
     ("unpatched", "unpatched"),
     ("auto", "HiDiffusion"),
     ("hires_fix", "hires fix (0.5 denoise)"),
-    ("guided_10", "HiDiffusion Hires Fix"),
+    ("guided", "HiDiffusion Hires Fix"),
 )
 """The short picture's rows: configuration and the label a newcomer reads."""
 

@@ -157,16 +157,15 @@ def read_eyes(image: torch.Tensor, native: int, min_eye_area: float) -> Eyes:
     values = image.detach().float().cpu().numpy()
     min_head = MIN_HEAD_FRACTION * smallest_head_area(native)
     subjects = _subjects(values, native)
-    clear = specks = 0
-    two_eyed = False
-    for region in subjects:
-        heads = _heads(values, region, min_head)
-        for head in heads:
-            areas = _eye_areas(values, head)
-            big = sum(area >= min_eye_area for area in areas)
-            clear, specks = clear + big, specks + len(areas) - big
-            two_eyed = len(subjects) == 1 and len(heads) == 1 and big == 2
-    return Eyes(clear, specks, two_eyed)
+    heads = [head for region in subjects for head in _heads(values, region, min_head)]
+    clear_per_head = []
+    specks = 0
+    for head in heads:
+        areas = _eye_areas(values, head)
+        clear_per_head.append(sum(area >= min_eye_area for area in areas))
+        specks += len(areas) - clear_per_head[-1]
+    two_eyed = len(subjects) == 1 and clear_per_head == [2]
+    return Eyes(sum(clear_per_head), specks, two_eyed)
 
 
 def eye_map(image: torch.Tensor) -> torch.Tensor:

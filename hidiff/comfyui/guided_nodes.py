@@ -19,6 +19,7 @@ from ..core.settings import GuideSettings
 from ..log import logger
 from .auto_nodes import ADVANCED_KEYS, AutoOptions, apply_plan, auto_options, plan_with
 from .guide import apply_lock
+from .native_views import apply_views
 from .node_common import PackNode
 from .params import (
     ADVANCED,
@@ -37,6 +38,15 @@ GUIDE_KEYS = {
     "exponent": "how fast the lock fades as noise falls: weight = strength * (cosine ramp)^exponent (default 3)",
     "lowpass": f"which frequencies are locked: {' or '.join(LOWPASS_MODES)} (default resize)",
     "cutoff": "the locked band as a fraction of the input latent's own, above 0 up to 1 (default 1)",
+    "views": "the native views' share in the large pass's prediction at pure noise, 0 to 1 (the large latent "
+    "also denoised as native-size interleaved views, DemoFusion's dilated sampling; default 0 = off)",
+    "views_exponent": "how fast the views' share falls as noise falls: share = views * (cosine ramp)^views_exponent "
+    "(default 1)",
+    "views_blur": "the Gaussian blur (sigma, latent pixels) of the views' input at pure noise, 0 to 4 (default 1)",
+    "views_band": "which of the views' prediction is blended: full or low (default full)",
+    "views_end": "the noise level, 0 to 1, below which the views stop (default 0)",
+    "views_blur_floor": "the views' input blur when clean, as a fraction of views_blur, 0 to 1 (default 0.01)",
+    "views_degrain": "sigma of the per-view offsets taken out of the views' prediction, 0 to 4 (default 0)",
     "upscale_method": f"how the latent is upscaled for the KSampler: {', '.join(UPSCALE_METHODS)} (default bicubic)",
 }
 ALL_KEYS = {**ADVANCED_KEYS, **GUIDE_KEYS}
@@ -62,6 +72,15 @@ def parse_guided(text: str | None) -> GuidedOptions:
             exponent=_exponent(guide.get("exponent", GuideSettings.exponent)),
             lowpass=require_choice("lowpass", guide.get("lowpass", GuideSettings.lowpass), LOWPASS_MODES),
             cutoff=_cutoff(guide.get("cutoff", GuideSettings.cutoff)),
+            views=require_fraction("views", guide.get("views", GuideSettings.views)),
+            views_exponent=_exponent(guide.get("views_exponent", GuideSettings.views_exponent), "views_exponent"),
+            views_blur=_blur(guide.get("views_blur", GuideSettings.views_blur)),
+            views_end=require_fraction("views_end", guide.get("views_end", GuideSettings.views_end)),
+            views_blur_floor=require_fraction(
+                "views_blur_floor", guide.get("views_blur_floor", GuideSettings.views_blur_floor)
+            ),
+            views_degrain=_blur(guide.get("views_degrain", GuideSettings.views_degrain)),
+            views_band=require_choice("views_band", guide.get("views_band", GuideSettings.views_band), ("full", "low")),
         )
         method = require_choice("upscale_method", guide.get("upscale_method", UPSCALE_METHODS[0]), UPSCALE_METHODS)
     return GuidedOptions(auto, settings, method)
@@ -74,10 +93,17 @@ def _cutoff(value: Any) -> float:
     return cutoff
 
 
-def _exponent(value: Any) -> float:
-    exponent = require_number("exponent", value)
+def _blur(value: Any) -> float:
+    blur = require_number("views_blur", value)
+    if not 0.0 <= blur <= 4.0:
+        raise ParameterError(f"views_blur = {value!r} is out of range: it must be 0 to 4")
+    return blur
+
+
+def _exponent(value: Any, key: str = "exponent") -> float:
+    exponent = require_number(key, value)
     if not 0.0 <= exponent <= 16.0:
-        raise ParameterError(f"exponent = {value!r} is out of range: it must be 0 to 16")
+        raise ParameterError(f"{key} = {value!r} is out of range: it must be 0 to 16")
     return exponent
 
 
@@ -174,6 +200,9 @@ class HiDiffusionHiresFix(PackNode):
         upscaled = comfy.utils.common_upscale(samples, width, height, options.upscale_method, "disabled")
         band = (int(samples.shape[-2]), int(samples.shape[-1]))
         patched = apply_lock(patched, upscaled, band, options.guide)
+        guide = options.guide
+        if guide.views > 0.0:
+            patched = apply_views(patched, (height, width), band, guide)
         return io.NodeOutput(patched, {**latent, "samples": upscaled})
 
 

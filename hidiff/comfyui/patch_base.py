@@ -14,6 +14,7 @@ RAUNET = "hidiffusion_raunet"
 MSW_MSA = "hidiffusion_msw_msa"
 CONTROLNET = "hidiffusion_controlnet"
 GUIDE = "hidiffusion_guide"
+VIEWS = "hidiffusion_views"
 
 
 class SharedPatch:

@@ -41,6 +41,8 @@ SIGMA_KEY = "hidiffusion_sigma"
 """The ``transformer_options`` key of the current UNet call's sigma (a float, or None)."""
 OPTIONS_ARG = 5
 """Where ``transformer_options`` sits in ``UNetModel.forward(x, timesteps, context, y, control, ...)``."""
+GUIDE_CALL_KEY = "hidiffusion_guide_call"
+"""Set in the options of a native-size call the pack makes to guide a large one."""
 
 _SEED_SALT = 0x48694469  # "HiDi": our generator never shares a stream with the sampler's.
 
@@ -227,7 +229,8 @@ class ReadSigmaOnce(SharedPatch):
         run = options.get(PACK)
         x = args[0] if args else kwargs.get("x")
         if isinstance(run, PackRun) and x is not None and x.ndim >= 4 and run.gates(x.shape[-2], x.shape[-1]):
-            run.tell_once(gated_message(int(x.shape[-2]), int(x.shape[-1]), run.native_latent), level="info")
+            if not options.get(GUIDE_CALL_KEY):
+                run.tell_once(gated_message(int(x.shape[-2]), int(x.shape[-1]), run.native_latent), level="info")
             args, kwargs = _with_options(args, kwargs, without_pack_patches(options))
             return executor(*args, **kwargs)
         options[SIGMA_KEY] = current_sigma(options.get("sigmas"))
@@ -242,6 +245,13 @@ def _with_options(args: tuple, kwargs: dict, options: dict) -> tuple[tuple, dict
     if "transformer_options" in kwargs or len(args) <= OPTIONS_ARG:
         return args, {**kwargs, "transformer_options": options}
     return (*args[:OPTIONS_ARG], options, *args[OPTIONS_ARG + 1 :]), kwargs
+
+
+def guide_call_options(options: dict) -> dict:
+    """A copy of a call's options for a native-size call the pack makes itself to guide a
+    large one (attention maps, native views): none of the pack's patches, as the native gate
+    runs it, and the gate does not tell the run about it (the user made no such call)."""
+    return {**without_pack_patches(options), GUIDE_CALL_KEY: True}
 
 
 def without_pack_patches(options: dict) -> dict:

@@ -38,15 +38,12 @@ GUIDE_KEYS = {
     "exponent": "how fast the lock fades as noise falls: weight = strength * (cosine ramp)^exponent (default 3)",
     "lowpass": f"which frequencies are locked: {' or '.join(LOWPASS_MODES)} (default resize)",
     "cutoff": "the locked band as a fraction of the input latent's own, above 0 up to 1 (default 1)",
-    "views": "the native views' share in the large pass's prediction at pure noise, 0 to 1 (the large latent "
-    "also denoised as native-size interleaved views, DemoFusion's dilated sampling; default 0 = off)",
-    "views_exponent": "how fast the views' share falls as noise falls: share = views * (cosine ramp)^views_exponent "
-    "(default 1)",
-    "views_blur": "the Gaussian blur (sigma, latent pixels) of the views' input at pure noise, 0 to 4 (default 1)",
-    "views_band": "which of the views' prediction is blended: full or low (default full)",
-    "views_end": "the noise level, 0 to 1, below which the views stop (default 0)",
-    "views_blur_floor": "the views' input blur when clean, as a fraction of views_blur, 0 to 1 (default 0.01)",
-    "views_degrain": "sigma of the per-view offsets taken out of the views' prediction, 0 to 4 (default 0)",
+    "views": "the native views' share in the large pass's prediction, 0 to 1 (default 1: the large latent "
+    "denoised as native-size interleaved views, DemoFusion's dilated sampling, which keeps the subject's local "
+    "structure at 2x the side and above; 0: the HiDiffusion large call alone)",
+    "views_blur": "the Gaussian blur (sigma, latent pixels) of the views' input at pure noise, 0 to 4 (default 2)",
+    "views_degrain": "sigma (view pixels) of the per-view offsets taken out of the views' prediction, "
+    "0 to 4 (default 1; 0 leaves the views' grid)",
     "upscale_method": f"how the latent is upscaled for the KSampler: {', '.join(UPSCALE_METHODS)} (default bicubic)",
 }
 ALL_KEYS = {**ADVANCED_KEYS, **GUIDE_KEYS}
@@ -73,14 +70,8 @@ def parse_guided(text: str | None) -> GuidedOptions:
             lowpass=require_choice("lowpass", guide.get("lowpass", GuideSettings.lowpass), LOWPASS_MODES),
             cutoff=_cutoff(guide.get("cutoff", GuideSettings.cutoff)),
             views=require_fraction("views", guide.get("views", GuideSettings.views)),
-            views_exponent=_exponent(guide.get("views_exponent", GuideSettings.views_exponent), "views_exponent"),
-            views_blur=_blur(guide.get("views_blur", GuideSettings.views_blur)),
-            views_end=require_fraction("views_end", guide.get("views_end", GuideSettings.views_end)),
-            views_blur_floor=require_fraction(
-                "views_blur_floor", guide.get("views_blur_floor", GuideSettings.views_blur_floor)
-            ),
-            views_degrain=_blur(guide.get("views_degrain", GuideSettings.views_degrain)),
-            views_band=require_choice("views_band", guide.get("views_band", GuideSettings.views_band), ("full", "low")),
+            views_blur=_sigma("views_blur", guide.get("views_blur", GuideSettings.views_blur)),
+            views_degrain=_sigma("views_degrain", guide.get("views_degrain", GuideSettings.views_degrain)),
         )
         method = require_choice("upscale_method", guide.get("upscale_method", UPSCALE_METHODS[0]), UPSCALE_METHODS)
     return GuidedOptions(auto, settings, method)
@@ -93,17 +84,17 @@ def _cutoff(value: Any) -> float:
     return cutoff
 
 
-def _blur(value: Any) -> float:
-    blur = require_number("views_blur", value)
-    if not 0.0 <= blur <= 4.0:
-        raise ParameterError(f"views_blur = {value!r} is out of range: it must be 0 to 4")
-    return blur
+def _sigma(key: str, value: Any) -> float:
+    sigma = require_number(key, value)
+    if not 0.0 <= sigma <= 4.0:
+        raise ParameterError(f"{key} = {value!r} is out of range: it must be 0 to 4")
+    return sigma
 
 
-def _exponent(value: Any, key: str = "exponent") -> float:
-    exponent = require_number(key, value)
+def _exponent(value: Any) -> float:
+    exponent = require_number("exponent", value)
     if not 0.0 <= exponent <= 16.0:
-        raise ParameterError(f"{key} = {value!r} is out of range: it must be 0 to 16")
+        raise ParameterError(f"exponent = {value!r} is out of range: it must be 0 to 16")
     return exponent
 
 
@@ -132,9 +123,12 @@ def target_size(samples: Any, scale_by: float) -> tuple[int, int]:
 class HiDiffusionHiresFix(PackNode):
     """A hires fix that keeps one subject at 3-4x the model's native side and redraws the detail:
     connect the native-size latent (from a KSampler, or VAE Encode of an existing image) and feed
-    both outputs to a KSampler (denoise 1). The model gets HiDiffusion for the target size and a
-    lock that holds the image's large shapes to the upscaled input while noise is high, so the
-    composition stays and the texture is new. Works with every sampler and scheduler.
+    both outputs to a KSampler (denoise 1). The model gets a lock that holds the image's large
+    shapes to the upscaled input while noise is high, so the composition stays, and native
+    views: from 2x the side up it denoises the large latent as interleaved native-size views,
+    so a head gets two eyes of its own size instead of many small ones (DemoFusion's dilated
+    sampling; `views: 0` in advanced gives HiDiffusion's large call instead). Works with every
+    sampler and scheduler.
     """
 
     node_id = "HiDiffusionHiresFix"
@@ -157,23 +151,35 @@ class HiDiffusionHiresFix(PackNode):
                 step=0.05,
                 tooltip="Target side = latent side x scale_by (3 or 4: 3-4x the native side).",
             ),
-            io.Boolean.Input("raunet", default=True, tooltip="RAU-Net for the target size (as the HiDiffusion node)."),
-            io.Boolean.Input("msw_msa", default=True, tooltip="MSW-MSA windowed attention: faster at high resolution."),
+            io.Boolean.Input(
+                "raunet",
+                default=True,
+                tooltip="RAU-Net for the target size (as the HiDiffusion node); acts on the large call, which the "
+                "native views replace at their default share (views: 1).",
+            ),
+            io.Boolean.Input(
+                "msw_msa",
+                default=True,
+                tooltip="MSW-MSA windowed attention for the large call (faster at high resolution); the native views "
+                "replace that call at their default share (views: 1).",
+            ),
             io.String.Input(
                 "advanced",
                 optional=True,
                 multiline=True,
                 default="",
                 **ADVANCED,
-                tooltip="Optional YAML: strength, exponent, lowpass, cutoff, upscale_method, and the HiDiffusion node's "
-                "keys (schedule, native_resolution, window_grid, ...).",
+                tooltip="Optional YAML: strength, exponent, lowpass, cutoff, views, views_blur, views_degrain, "
+                "upscale_method, and the HiDiffusion node's keys (schedule, native_resolution, window_grid, ...).",
             ),
         ]
 
     @classmethod
     def node_outputs(cls) -> list[Any]:
         return [
-            io.Model.Output(tooltip="The model with HiDiffusion for the target size and the low-band lock."),
+            io.Model.Output(
+                tooltip="The model with the low-band lock, the native views and HiDiffusion for the target size."
+            ),
             io.Latent.Output(tooltip="The upscaled latent: sample it with the model above, denoise 1."),
         ]
 
@@ -200,9 +206,7 @@ class HiDiffusionHiresFix(PackNode):
         upscaled = comfy.utils.common_upscale(samples, width, height, options.upscale_method, "disabled")
         band = (int(samples.shape[-2]), int(samples.shape[-1]))
         patched = apply_lock(patched, upscaled, band, options.guide)
-        guide = options.guide
-        if guide.views > 0.0:
-            patched = apply_views(patched, (height, width), band, guide)
+        patched = apply_views(patched, (height, width), band, options.guide)
         return io.NodeOutput(patched, {**latent, "samples": upscaled})
 
 

@@ -1,22 +1,26 @@
-"""Native views: the large latent seen at the model's own scale, DemoFusion's dilated sampling.
+"""Native views: the large latent denoised at the model's own scale (DemoFusion's dilated sampling).
 
-Far above its native size a model draws its trained-size features on an enlarged
-subject: at 4x the side a head is 16 times the area it was trained on, and the model
-covers it in eyes of the trained size. Measured in the quality lab (SD1.5 layout, 4x):
-the low-band lock keeps one subject, but holding any band of the reference, even the
-whole image, until late in the schedule still leaves the specks; they are drawn at low
-noise, where the model refines what it sees at its own scale.
+Far above its native size a model draws its trained-size features on an enlarged subject:
+at 4x the side a head is 16 times the area it was trained on, and the model covers it in
+eyes of the trained size. The low-band lock keeps one subject but not its local structure;
+in the quality lab no band, schedule or attention map of the large call kept two eyes.
 
 DemoFusion (arXiv 2311.16973, §3.4) denoises the large latent also as ``s²`` interleaved
-sub-latents ``x[..., i::s, j::s]``, each a native-size view of the whole image in which the
-subject has its trained size; the views' predictions, put back in place, are blended
-into the large prediction:
+sub-latents ``x[..., i::s, j::s]``: each is a native-size view of the whole image in which the
+subject has its trained size, so each view draws one head with two eyes, and put back in
+place they draw that head at the large size. Each view of a noisy latent is a noisy native
+image at the same sigma, so the views need no other noise level. Per call:
 
-    x0' = (1 − w)·x0_large + w·interleave(x0(view_ij))
+    views_in = restandardise(G(x, 2s − 1, blur · (0.99 · cos_f + 0.01)))   (DemoFusion's c3)
+    placed   = interleave(x0(views_in[..., i::s, j::s]))
+    x0'      = (1 − w) · x0_large + w · degrain(placed)
 
-Each view of a noisy latent is a noisy native image at the same sigma (the noise of
-every pixel is kept), so the views need no other noise level. They cost ``s²`` native-size
-calls, about the tokens of one large call with native-size attention.
+Views drawn on disjoint lattices leave a grid of period ``s`` (each view is offset from its
+neighbours by a smooth field). DemoFusion blurs the views' input and fades the views out
+for local patches; in the lab, fading them out let the large call draw its specks again,
+so the views stay at their share to the end and :func:`degrain` takes the per-view offsets
+out instead. They cost ``s²`` native-size calls per call, about the tokens of one large
+call with native-size attention; at share 1 the large call is skipped.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import math
 
 import torch
 from torch.nn import functional
+
+INPUT_BLUR_FLOOR = 0.01
+"""The views' input blur when clean, as a fraction of its value at pure noise (DemoFusion's c3)."""
 
 
 def view_stride(size: tuple[int, int], native: tuple[int, int]) -> int | None:
@@ -69,33 +76,20 @@ def repeat_per_view(value: torch.Tensor, stride: int) -> torch.Tensor:
     return value.repeat_interleave(stride * stride, dim=0)
 
 
-def blend_views(large: torch.Tensor, views: torch.Tensor, stride: int, weight: float) -> torch.Tensor:
-    """``(1 − weight)·large + weight·from_views(views)``."""
-    if weight == 0.0:
-        return large
-    return torch.lerp(large, from_views(views, stride).to(large.dtype), weight)
-
-
 def cosine_ramp(noise_level: float) -> float:
     """DemoFusion's ``cos_f``: ``½(1 + cos(π(1 − level)))``, 1 at pure noise and 0 when clean."""
     level = min(max(noise_level, 0.0), 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * (1.0 - level)))
 
 
-def views_weight(noise_level: float, strength: float, exponent: float) -> float:
-    """The views' share at a noise level: ``strength · cos_f^exponent`` (DemoFusion's c2, α2 = 1)."""
-    return strength * cosine_ramp(noise_level) ** exponent
-
-
-def blur_sigma(noise_level: float, blur: float, floor: float = 0.01) -> float:
-    """The Gaussian's sigma for the views' input: ``blur · ((1 − floor) · cos_f + floor)``
-    (DemoFusion's c3 with α3 = 1 and floor 0.01)."""
-    return blur * ((1.0 - floor) * cosine_ramp(noise_level) + floor)
+def input_blur(noise_level: float, blur: float) -> float:
+    """The Gaussian's sigma for the views' input: ``blur · (0.99 · cos_f + 0.01)``."""
+    return blur * ((1.0 - INPUT_BLUR_FLOOR) * cosine_ramp(noise_level) + INPUT_BLUR_FLOOR)
 
 
 def gaussian_low(x: torch.Tensor, stride: int, sigma: float) -> torch.Tensor:
-    """``x`` (B, C, H, W) through a separable Gaussian of kernel ``2·stride − 1`` and ``sigma``
-    (reflect padding): what survives of the views' lattice grain, whose period is the stride."""
+    """``x`` (B, C, H, W) through a separable Gaussian of kernel ``2·stride − 1`` (at most the
+    sides allow) and ``sigma``, borders mirrored."""
     if sigma <= 0.0 or stride < 2:
         return x
     radius = min(stride - 1, x.shape[-1] - 1, x.shape[-2] - 1)
@@ -103,18 +97,17 @@ def gaussian_low(x: torch.Tensor, stride: int, sigma: float) -> torch.Tensor:
     kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
     kernel = (kernel / kernel.sum()).to(x.dtype)
     channels = x.shape[1]
-    padded = functional.pad(x, (radius, radius, radius, radius), mode="reflect")
-    rows = functional.conv2d(padded, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
-    return functional.conv2d(rows, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    out = functional.pad(x, (radius, radius, radius, radius), mode="reflect")
+    out = functional.conv2d(out, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return functional.conv2d(out, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
 
 
 def gaussian_blur(x: torch.Tensor, stride: int, sigma: float) -> torch.Tensor:
     """:func:`gaussian_low` of ``x``, re-standardised to each image's own mean and std.
 
-    Why: the ``s²`` views of a latent are disjoint pixel lattices; denoised from the raw latent
-    each draws its own fine detail and the interleaved result is grain. Blurred first, every
-    view sees its neighbours' content and the views agree (DemoFusion §3.4); the re-standardising
-    keeps the noise level the sampler's sigma says it is."""
+    Why: the views are disjoint pixel lattices; from the raw latent each would draw its own
+    detail. Blurred first, every view sees its neighbours' content and the views agree
+    (DemoFusion §3.4); re-standardised, the input keeps the noise level its sigma says."""
     if sigma <= 0.0 or stride < 2:
         return x
     blurred = gaussian_low(x, stride, sigma)
@@ -124,22 +117,33 @@ def gaussian_blur(x: torch.Tensor, stride: int, sigma: float) -> torch.Tensor:
     return (blurred - b_mean) / b_std.clamp_min(1e-6) * std + mean
 
 
-def blend_views_low(large: torch.Tensor, views: torch.Tensor, stride: int, weight: float, sigma: float) -> torch.Tensor:
-    """``large + weight·(G(from_views(views)) − G(large))``: the views' structure in the band a
-    Gaussian keeps, the large call's own finer detail above it (no lattice grain)."""
-    if weight == 0.0:
-        return large
-    placed = from_views(views, stride).to(large.dtype)
-    return large + weight * (gaussian_low(placed, stride, sigma) - gaussian_low(large, stride, sigma))
-
-
 def degrain(placed: torch.Tensor, stride: int, sigma: float) -> torch.Tensor:
     """The interleaved views' prediction without the views' own smooth offsets.
 
-    Each view drawn on its own lattice differs from its neighbours by a smooth field; put
-    back in place those fields are a grid of period ``stride``. The residual of ``placed``
-    above a large-scale Gaussian is cut back into views, low-passed there (the per-view
-    offsets) and taken out; what varies from pixel to pixel within a view stays."""
+    Each view differs from its neighbours by a smooth field; put back in place those fields
+    are a grid of period ``stride``. The residual of ``placed`` above a Gaussian of
+    ``sigma · stride / 2`` is cut back into views, low-passed there (sigma ``sigma``: the
+    per-view offsets) and taken out; what varies from pixel to pixel within a view stays.
+    A smaller sigma takes out more (at 0.5 the lab's subjects came out flat)."""
+    if sigma <= 0.0:
+        return placed
     smooth = gaussian_low(placed, stride, sigma * stride / 2)
     offsets = gaussian_low(to_views(placed - smooth, stride), stride, sigma)
     return placed - from_views(offsets, stride)
+
+
+def views_input(x: torch.Tensor, stride: int, noise_level: float, blur: float) -> torch.Tensor:
+    """The ``s²`` views the model denoises for a large latent ``x`` at ``noise_level``:
+    blurred, mirrored up to sides that divide by ``stride``, cut (see :func:`to_views`)."""
+    return to_views(padded(gaussian_blur(x, stride, input_blur(noise_level, blur)), stride), stride)
+
+
+def views_prediction(views: torch.Tensor, stride: int, size: tuple[int, int], degrain_sigma: float) -> torch.Tensor:
+    """The views' prediction put back in place, degrained and cropped to ``size``."""
+    placed = degrain(from_views(views, stride), stride, degrain_sigma)
+    return placed[..., : size[0], : size[1]]
+
+
+def blend(large: torch.Tensor, placed: torch.Tensor, share: float) -> torch.Tensor:
+    """``(1 − share)·large + share·placed``."""
+    return torch.lerp(large, placed.to(large.dtype), share)

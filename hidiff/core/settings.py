@@ -79,17 +79,10 @@ class GuideSettings:
     """``resize`` or ``fft`` (:data:`hidiff.core.guide.LOWPASS_MODES`)."""
     cutoff: float = 1.0
     """The locked band as a fraction of the reference's own (FAM's box uses 0.5); the rest is free."""
-    views: float = 0.0
-    """The native views' share in the large pass's x0 at pure noise (:mod:`hidiff.core.native_views`); 0: off."""
-    views_exponent: float = 1.0
-    """How fast the views' share falls with the noise level (DemoFusion's alpha2: 1)."""
-    views_blur: float = 1.0
+    views: float = 1.0
+    """The native views' share in the large pass's prediction (:mod:`hidiff.core.native_views`);
+    0: off (the large call alone), 1: the views alone (the large call is skipped)."""
+    views_blur: float = 2.0
     """The Gaussian sigma of the views' input at pure noise, in latent pixels (DemoFusion's: 1)."""
-    views_band: str = "full"
-    """``full``: the views' whole prediction; ``low``: only the band a Gaussian keeps."""
-    views_end: float = 0.0
-    """The noise level (1 = pure noise, 0 = clean) below which the views stop (the large pass alone)."""
-    views_blur_floor: float = 0.01
-    """The views' input blur when clean, as a fraction of ``views_blur`` (DemoFusion's: 0.01)."""
-    views_degrain: float = 0.0
-    """The Gaussian sigma (view pixels) of the per-view offsets taken out of the views' prediction; 0: none."""
+    views_degrain: float = 1.0
+    """The Gaussian sigma, in view pixels, of the per-view offsets taken out of the views' prediction."""

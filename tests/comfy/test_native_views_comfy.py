@@ -3,6 +3,7 @@ the formula written here, sizes that do not divide, the native pass, and bad inp
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -27,8 +28,8 @@ def gaussian(x: torch.Tensor, radius: int, sigma: float) -> torch.Tensor:
 class CallRecorder:
     """A model function wrapper: each call's result beside the formula's and the call without views."""
 
-    def __init__(self, stride: int, share: float, blur: float, degrain: float) -> None:
-        self.stride, self.share, self.blur, self.degrain = stride, share, blur, degrain
+    def __init__(self, model, stride: int, share: float, blur: float, degrain: float) -> None:
+        self.model, self.stride, self.share, self.blur, self.degrain = model, stride, share, blur, degrain
         self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def __deepcopy__(self, memo: dict) -> CallRecorder:
@@ -47,37 +48,79 @@ class CallRecorder:
         return result
 
     def expected(self, apply_model, x, t, plain, without):
+        """Blur (DemoFusion's c3), re-standardise, mirror up to a multiple of the stride, denoise
+        each view, put back, take out each view's smooth offset, crop, blend."""
         s, level = self.stride, noise_level(self.model, float(t.max()))
         ramp = 0.5 * (1 + math.cos(math.pi * (1 - level)))
         low = gaussian(x, s - 1, self.blur * (0.99 * ramp + 0.01))
         blurred = torch.stack(
             [(low[b] - low[b].mean()) / low[b].std() * x[b].std() + x[b].mean() for b in range(x.shape[0])]
         )
-        placed = torch.zeros_like(x)
+        height, width = x.shape[-2:]
+        blurred = F.pad(blurred, (0, -width % s, 0, -height % s), mode="reflect")
+        placed = torch.zeros_like(blurred)
         for i in range(s):
             for j in range(s):
                 placed[:, :, i::s, j::s] = apply_model(blurred[:, :, i::s, j::s], t, **plain)
         residual = placed - gaussian(placed, s - 1, self.degrain * s / 2)
-        offsets = torch.zeros_like(x)
+        offsets = torch.zeros_like(placed)
         for i in range(s):
             for j in range(s):
                 offsets[:, :, i::s, j::s] = gaussian(residual[:, :, i::s, j::s], s - 1, self.degrain)
-        return (1 - self.share) * without + self.share * (placed - offsets)
+        return (1 - self.share) * without + self.share * (placed - offsets)[:, :, :height, :width]
 
 
-@pytest.mark.parametrize(("share", "sampler"), [(0.6, "euler"), (1.0, "dpmpp_2m")])
-def test_each_large_call_is_the_written_out_blend_of_the_call_and_its_native_views(pack, share, sampler):
-    advanced = f"{ADVANCED}\nviews: {share}\nviews_exponent: 0\nviews_blur: 2\nviews_degrain: 1.5"
-    model, latent = guided(pack, tiny_model("sd15"), native_latent(), scale_by=4.0, advanced=advanced,
+@pytest.mark.parametrize(
+    ("share", "scale_by", "stride", "sampler"),
+    [(0.6, 2.0, 2, "euler"), (1.0, 3.0, 3, "dpmpp_2m"), (0.5, 3.25, 3, "euler_ancestral")],
+)
+def test_each_large_call_is_the_written_out_blend_of_the_call_and_its_native_views(
+    pack, share, scale_by, stride, sampler
+):
+    """At a share below 1 and at 1 (the large call skipped), under a one-step, a multistep and
+    an ancestral sampler, and at 3.25x (a 52x52 latent mirrored to 54x54 for stride 3 and
+    cropped back)."""
+    advanced = f"{ADVANCED}\nviews: {share}\nviews_blur: 2\nviews_degrain: 1.5"
+    model, latent = guided(pack, tiny_model("sd15"), native_latent(), scale_by=scale_by, advanced=advanced,
                            raunet=False, msw_msa=False)  # fmt: skip
-    recorder = CallRecorder(4, share, 2.0, 1.5)
-    recorder.model = model
+    recorder = CallRecorder(model, stride, share, 2.0, 1.5)
     model = model.clone()
     model.set_model_unet_function_wrapper(recorder)
-    img2img(model, "sd15", latent)
+    img2img(model, "sd15", latent, sampler=sampler)
     assert len(recorder.calls) == 3
     gaps = []
     for result, expected, without in recorder.calls:
         torch.testing.assert_close(result, expected, atol=2e-4, rtol=1e-4)
         gaps.append(float((expected - without).abs().max()))
     assert min(gaps) > 100 * 2e-4, f"the views must move each call far more than the tolerance: {gaps}"
+
+
+def views_wrappers(model) -> list:
+    """The pack's native-views wrappers on ``model``."""
+    return model.get_wrappers("apply_model", VIEWS_KEY)
+
+
+def test_under_twice_the_native_side_the_model_has_no_views_and_the_log_says_so(pack, logs):
+    model, _ = guided(pack, tiny_model("sd15"), native_latent(), scale_by=1.5)
+    assert views_wrappers(model) == []
+    told = [m for m in logs.messages(logging.INFO) if "without native views" in m]
+    assert len(told) == 1 and "a 24x24 latent is under twice the 16x16 one" in told[0]
+    views_model, _ = guided(pack, tiny_model("sd15"), native_latent(), scale_by=2.0)
+    assert [type(w).__name__ for w in views_wrappers(views_model)] == ["NativeViews"]
+    off, _ = guided(pack, views_model, native_latent(), scale_by=2.0, advanced=f"{ADVANCED}\nviews: 0")
+    assert views_wrappers(off) == []
+
+
+@pytest.mark.parametrize(
+    ("advanced", "message"),
+    [
+        ("views: 2", "views = 2 is out of range"),
+        ("views_blur: 5", "views_blur = 5 is out of range: it must be 0 to 4"),
+        ("views_degrain: -1", "views_degrain = -1 is out of range: it must be 0 to 4"),
+        ("views_blur: soft", "views_blur"),
+    ],
+)
+def test_bad_views_input_is_refused_naming_it(pack, advanced, message):
+    with pytest.raises(ValueError) as error:
+        guided(pack, tiny_model("sd15"), native_latent(), advanced=f"{ADVANCED}\n{advanced}")
+    assert message in str(error.value)

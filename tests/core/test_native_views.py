@@ -52,23 +52,14 @@ def test_a_side_that_does_not_divide_is_mirrored_up_to_one_that_does():
 
 def test_the_blend_is_the_written_out_mix():
     large = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    views = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(2))
-    mixed = native_views.blend_views(large, views, 2, 0.3)
-    expected = large.clone()
-    for i in range(2):
-        for j in range(2):
-            expected[0, :, i::2, j::2] = 0.7 * large[0, :, i::2, j::2] + 0.3 * views[i * 2 + j]
-    assert torch.allclose(mixed, expected, atol=1e-6)
-    assert native_views.blend_views(large, views, 2, 0.0) is large
+    placed = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(native_views.blend(large, placed, 0.3), 0.7 * large + 0.3 * placed)
 
 
 @pytest.mark.parametrize("level", [1.0, 0.8, 0.5, 0.1, 0.0])
-def test_the_views_share_and_the_input_blur_follow_the_cosine_ramp(level):
+def test_the_input_blur_follows_demofusions_cosine_ramp(level):
     ramp = 0.5 * (1 + math.cos(math.pi * (1 - level)))
-    assert native_views.views_weight(level, 0.8, 2.0) == pytest.approx(0.8 * ramp**2)
-    assert native_views.views_weight(level, 1.0, 0.0) == 1.0
-    assert native_views.blur_sigma(level, 2.0) == pytest.approx(2.0 * (0.99 * ramp + 0.01))
-    assert native_views.blur_sigma(level, 2.0, floor=0.5) == pytest.approx(2.0 * (0.5 * ramp + 0.5))
+    assert native_views.input_blur(level, 2.0) == pytest.approx(2.0 * (0.99 * ramp + 0.01))
 
 
 def written_out_gaussian(x: torch.Tensor, radius: int, sigma: float) -> torch.Tensor:
@@ -121,3 +112,11 @@ def test_degrain_takes_out_each_views_smooth_offset_and_keeps_the_image():
     after = float((cleaned - image)[inner].abs().mean())
     assert after < 0.2 * before, (before, after)
     assert float((native_views.degrain(image, 4, 1.0) - image)[inner].abs().max()) < 0.02
+
+
+def test_the_views_of_a_latent_that_does_not_divide_come_back_at_its_size():
+    """A 7x10 latent at stride 3: mirrored to 9x12, cut into 9 views of 3x4, put back and cropped."""
+    x = torch.randn(2, 4, 7, 10, generator=torch.Generator().manual_seed(6))
+    views = native_views.views_input(x, 3, 0.0, 0.0)
+    assert views.shape == (18, 4, 3, 4)
+    torch.testing.assert_close(native_views.views_prediction(views, 3, (7, 10), 0.0), x)

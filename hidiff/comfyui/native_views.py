@@ -7,7 +7,7 @@ would run them) and blends the views' prediction, put back in place, into the ca
 (at share 1 the call itself is skipped). ``APPLY_MODEL`` returns the denoised prediction,
 so the blend acts on x0 whatever the model's parameterisation, below CFG and the lock.
 A call at another size runs as it is; an inpainting model's call (concatenated channels)
-runs without views and the run is told once.
+and a ControlNet-guided one run without views, and the run is told once.
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ class NativeViews(SharedPatch):
         if x.ndim != 4 or tuple(x.shape[-2:]) != self.size:
             return large()
         state = run_state(transformer_options, EFFECT)
-        if c_concat is not None:
-            message = "HiDiffusion Hires Fix: the model takes concatenated channels (an inpainting model); "
-            message += "its calls run without native views"
+        problem = self.problem_with(c_concat, control)
+        if problem is not None:
+            message = f"HiDiffusion Hires Fix: {problem}; those calls run without native views"
             state.tell_once(message) if state is not None else logger.debug(message)
             return large()
         level = 1.0 - self.percent(executor, current_sigma(t), state)
@@ -81,6 +81,16 @@ class NativeViews(SharedPatch):
         if self.settings.views >= 1.0:  # the large call would be blended away: skip it
             return placed
         return blend(large(), placed, self.settings.views)
+
+    @staticmethod
+    def problem_with(c_concat: Any, control: Any) -> str | None:
+        """Why a large call cannot be replaced by native views, or None: an inpainting model's
+        concatenated channels and a ControlNet's residuals are made for the large latent."""
+        if c_concat is not None:
+            return "the model takes concatenated channels (an inpainting model)"
+        if control is not None:
+            return "a ControlNet guides the large calls (its hint is at the large size)"
+        return None
 
     @staticmethod
     def percent(executor: Any, sigma: float, state: Any) -> float:

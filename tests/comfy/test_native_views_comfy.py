@@ -124,3 +124,18 @@ def test_bad_views_input_is_refused_naming_it(pack, advanced, message):
     with pytest.raises(ValueError) as error:
         guided(pack, tiny_model("sd15"), native_latent(), advanced=f"{ADVANCED}\n{advanced}")
     assert message in str(error.value)
+
+
+def test_controlnet_guided_calls_keep_the_large_call_and_the_run_is_told_once(pack, logs):
+    """A ControlNet's residuals are made for the large latent: its calls run as with `views: 0`
+    (the same image), and the run is told once."""
+    from harness import control_hint, sample, tiny_controlnet
+
+    control = tiny_controlnet("sd15").copy().set_cond_hint(control_hint(32, 32), 1.0, (0.0, 1.0))
+    views, _ = guided(pack, tiny_model("sd15"), native_latent(), scale_by=2.0)
+    large, _ = guided(pack, tiny_model("sd15"), native_latent(), scale_by=2.0, advanced=f"{ADVANCED}\nviews: 0")
+    with_views = sample(views, "sd15", 32, 32, seed=5, control=control)
+    assert torch.equal(with_views, sample(large, "sd15", 32, 32, seed=5, control=control))
+    told = [m for m in logs.messages(logging.WARNING) if "a ControlNet guides the large calls" in m]
+    assert len(told) == 1, told
+    assert not torch.equal(with_views, sample(views, "sd15", 32, 32, seed=5))

@@ -57,6 +57,18 @@ def predicted_x0(output: torch.Tensor, sample: torch.Tensor, alpha_bar: float, p
     raise ValueError(f"prediction_type {prediction_type!r} is not supported; valid: {', '.join(PREDICTION_TYPES)}")
 
 
+def output_for_x0(x0: torch.Tensor, sample: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
+    """The UNet output whose x0 at ``sample`` is ``x0`` (the inverse of :func:`predicted_x0`)."""
+    a, s = alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
+    if prediction_type == "epsilon":
+        return (sample - a * x0) / s
+    if prediction_type == "v_prediction":
+        return (a * sample - x0) / s
+    if prediction_type == "sample":
+        return x0
+    raise ValueError(f"prediction_type {prediction_type!r} is not supported; valid: {', '.join(PREDICTION_TYPES)}")
+
+
 def output_moved(output: torch.Tensor, x0_change: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
     """The UNet output whose x0 is ``x0_change`` away from that of ``output`` (same x_t)."""
     a, s = alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
@@ -97,7 +109,7 @@ class LowBandLockHook:
         if weight == 0.0:
             return output
         prediction = main_tensor(output)
-        alpha_bar = _alpha_bar(scheduler, timestep_value(timestep))
+        alpha_bar = alpha_bar_at(scheduler, timestep_value(timestep))
         prediction_type = scheduler.config.prediction_type
         x0 = predicted_x0(prediction.float(), sample.float(), alpha_bar, prediction_type)
         target = self.reference_low(height, width, x0)
@@ -132,7 +144,7 @@ class LowBandLockHook:
         return self._low[key]
 
 
-def _alpha_bar(scheduler: Any, timestep: float) -> float:
+def alpha_bar_at(scheduler: Any, timestep: float) -> float:
     """``alphas_cumprod`` at a (possibly fractional) timestep, interpolated linearly."""
     table = scheduler.alphas_cumprod
     last = len(table) - 1

@@ -47,6 +47,7 @@ from .hooks import (
 from .position import RunPosition, ScheduleReader, timestep_value
 from .state import CallState, HiDiffusionOptions
 from .structure import DiffusersLayout, self_attention_blocks
+from .views import NativeViewsHook
 
 HOOK_NAME = "hidiffusion"
 """Prefix of every ModelHook name this package registers."""
@@ -92,6 +93,7 @@ class Installation:
         self._module_hooks: list[tuple[nn.Module, str, bool]] = []
         self._warned: set[str] = set()
         self.lock = self._lock(options)
+        self.views = self._views(options)
 
     # ----------------------------------------------------------------- install / remove
 
@@ -105,6 +107,8 @@ class Installation:
             self._attach_raunet_hooks()
         if self.windows:
             self._attach_window_hooks()
+        if self.views is not None:
+            self._hook(self.unet, "views", self.views)
         self._handles.append(self.unet.register_forward_pre_hook(self._begin_call, with_kwargs=True))
         self._handles.append(self.unet.register_forward_hook(self._end_call, with_kwargs=True, always_call=True))
         if self.lock is not None:
@@ -133,6 +137,15 @@ class Installation:
             raise ValueError("the guided mode on a bare UNet needs scheduler=<the scheduler your loop uses>")
         reference = check_reference(options.reference, int(self.unet.config.out_channels))
         return LowBandLockHook(reference, options.guide or GuideSettings(), self._scheduler)
+
+    def _views(self, options: HiDiffusionOptions) -> NativeViewsHook | None:
+        """The guided mode's native views (the node's second half), when ``reference`` is
+        given and the views' share is above 0."""
+        settings = options.guide or GuideSettings()
+        if self.lock is None or settings.views == 0.0:
+            return None
+        size = (int(self.lock.reference.shape[-2]), int(self.lock.reference.shape[-1]))
+        return NativeViewsHook(size, settings, self._scheduler, self.slot, self._tell_once)
 
     def _scheduler(self) -> Any:
         pipeline = self._pipeline() if self._pipeline is not None else None
@@ -258,6 +271,11 @@ class Installation:
         if key not in self._warned:
             self._warned.add(key)
             logger.warning(message)
+
+    def _tell_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.info(message)
 
 
 def shift_indices(window_seed: int, step: int, count: int) -> tuple[int, ...]:

@@ -4,9 +4,10 @@ What the HiDiffusion Hires Fix node and a KSampler do in ComfyUI: the native-siz
 (a pipeline's ``output_type="latent"`` result, or an image encoded with the pipeline's VAE)
 are bicubic-upscaled ``scale`` times (:func:`hidiff.core.guide.upscaled_size`, as Upscale
 Latent By rounds), and an image-to-image run of the same components at strength 1 samples
-the upscaled latents with HiDiffusion and the low-band lock against the native latents
-(``apply_hidiffusion(..., reference=...)``), on the node's defaults: the lock's
-(:class:`~hidiff.core.settings.GuideSettings`) and the auto node's measured schedule. The
+the upscaled latents with HiDiffusion, the native views and the low-band lock against the
+native latents (``apply_hidiffusion(..., reference=...)``), on the node's defaults: the lock's
+and the views' (:class:`~hidiff.core.settings.GuideSettings`) and the auto node's measured
+schedule. The
 pipeline is left as it was: HiDiffusion applied before the call keeps its own options for the
 run and is put back as it was, and a pipeline without it has none after.
 """
@@ -22,7 +23,6 @@ import torch
 from ..core.guide import upscale_reference, upscaled_size
 from ..core.measured import SCHEDULE_NAMES
 from ..core.settings import GuideSettings
-from ..log import logger
 from .install import ATTRIBUTE
 from .structure import unwrap_unet
 
@@ -46,9 +46,9 @@ def upscale(
             an image (PIL, or a (batch, 3, height, width) tensor in [0, 1]) that the
             pipeline's VAE encodes (its mode, so the same image gives the same latents).
         scale: the side multiple, above 1 (3 or 4 for 3-4x the native side).
-        guide: the lock's settings; None takes the ComfyUI node's defaults. The node's native
-            views (``views``, ``views_blur``, ``views_degrain``) are not in diffusers yet:
-            this call runs the lock and HiDiffusion, and says so.
+        guide: the lock's and the native views' settings; None takes the ComfyUI node's
+            defaults (from twice the reference's side, the large latent is denoised as
+            native-size views: :mod:`hidiff.diffusers.views`).
         strength: the image-to-image strength; 1 (the node's denoise 1) samples from pure
             noise added to the upscaled latents.
         **call_kwargs: what the pipeline's call takes (prompt or prompt_embeds,
@@ -67,10 +67,6 @@ def upscale(
 
     unet = _pipeline_unet(pipe)
     _check_call(scale, strength, call_kwargs)
-    if (guide or GuideSettings()).views > 0.0:
-        logger.info(
-            "upscale(): the ComfyUI node's native views are not in diffusers yet; this call runs the lock and HiDiffusion"
-        )
     latents = reference_latents(pipe, reference, int(unet.config.out_channels))
     size = upscaled_size(int(latents.shape[-2]), int(latents.shape[-1]), scale)
     if size[0] <= latents.shape[-2] or size[1] <= latents.shape[-1]:

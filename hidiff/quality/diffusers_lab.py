@@ -215,6 +215,7 @@ def compare(layout: str, scale: int, seeds: list[int]) -> tuple[list[dict[str, A
     diffusers_free.seconds += diffusers_native.seconds
     native = models.native_of(layout)
     native_drawn = [lab.drawn_detail_energy(image) for image in comfy_native.images]
+    native_eyes = [area for image in comfy_native.images for area in counter.eye_areas(image, native)]
     rows = []
     for run, against in (
         (comfy_native, comfy_native),
@@ -227,6 +228,12 @@ def compare(layout: str, scale: int, seeds: list[int]) -> tuple[list[dict[str, A
         overlaps = [counter.mask_iou(mine, theirs) for mine, theirs in zip(run.images, against.images, strict=True)]
         grid = (run.images.shape[-2] // native, run.images.shape[-1] // native)
         drawn = [lab.drawn_detail_energy(image, grid) for image in run.images]
+        clear_area = counter.clear_eye_area(native_eyes, grid[0] * grid[1])
+        eyes = [counter.read_eyes(image, native, clear_area) for image in run.images]
+        eye_overlaps = [
+            counter.eye_overlap(image, native_image)
+            for image, native_image in zip(run.images, comfy_native.images, strict=True)
+        ]
         rows.append(
             {
                 "run": run.label,
@@ -238,6 +245,9 @@ def compare(layout: str, scale: int, seeds: list[int]) -> tuple[list[dict[str, A
                 "mask_iou": overlaps,
                 "median_mask_iou": statistics.median(overlaps),
                 "drawn_detail": lab.median_ratio(drawn, native_drawn),
+                "two_eyed_rate": sum(e.two_eyed for e in eyes) / len(eyes),
+                "mean_specks": sum(e.specks for e in eyes) / len(eyes),
+                "median_eye_overlap": statistics.median(eye_overlaps),
                 "seconds_per_image": run.seconds / len(readings),
             }
         )
@@ -264,15 +274,18 @@ def markdown(rows: list[dict[str, Any]], layout: str, scale: int, command: str, 
         "image of the same seed at the same size (1 = the same subjects in the same place). Drawn detail: "
         "median over seeds against ComfyUI's native image of the seed. Seconds per image include the native "
         "pass for the two-pass runs. HiDiffusion under the lock is the auto node's measured schedule in both "
-        "(`upscale`'s default).",
+        "(`upscale`'s default). Two-eyed, specks and eye overlap: the structure readings of the lab's tables "
+        "([quality.md](../quality.md)), the eye overlap against ComfyUI's native image of the seed, upscaled.",
         "",
-        "| run | size | duplicated | subjects | median mask IoU | drawn detail | s/image |",
-        "|---|---|---|---|---|---|---|",
+        "| run | size | duplicated | subjects | median mask IoU | two-eyed | specks | eye overlap | drawn detail "
+        "| s/image |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['run']} | {row['size']} | {row['duplicate_rate']:.0%} | {row['mean_subjects']:.2f} | "
-            f"{row['median_mask_iou']:.2f} | {row['drawn_detail']:.2f} | {row['seconds_per_image']:.2f} |"
+            f"{row['median_mask_iou']:.2f} | {row['two_eyed_rate']:.0%} | {row['mean_specks']:.2f} | "
+            f"{row['median_eye_overlap']:.2f} | {row['drawn_detail']:.2f} | {row['seconds_per_image']:.2f} |"
         )
     lines += ["", "Per seed (subjects; mask IoU):", ""]
     for row in rows:

@@ -31,8 +31,10 @@ def reference_latents() -> torch.Tensor:
     return 2.0 * torch.randn(1, 4, NATIVE, NATIVE)
 
 
-DEFAULTS = GuideSettings()
-"""The ComfyUI node's defaults, which the diffusers mode takes when no guide is given."""
+DEFAULTS = GuideSettings(views=0.0)
+"""The ComfyUI node's lock defaults, which the diffusers mode takes when no guide is given,
+with the native views off: these tests read the lock alone (tests/diffusers/test_views.py
+has the views)."""
 
 
 def expected_lock(output, sample, reference, alpha_bar, prediction_type, timestep, settings=DEFAULTS):
@@ -75,7 +77,7 @@ def test_each_call_is_locked_by_the_formula(helpers, family, prediction_type):
     sample = torch.randn(1, 4, SIDE, SIDE)
     plain = unet_call(pipe, helpers, family, sample)
     reference = reference_latents()
-    apply_hidiffusion(pipe, apply_raunet=False, apply_window_attn=False, reference=reference)
+    apply_hidiffusion(pipe, apply_raunet=False, apply_window_attn=False, reference=reference, guide=DEFAULTS)
     locked = unet_call(pipe, helpers, family, sample)
     alpha_bar = float(pipe.scheduler.alphas_cumprod[TIMESTEP])
     expected = expected_lock(plain, sample, reference, alpha_bar, prediction_type, TIMESTEP)
@@ -93,7 +95,7 @@ def test_guidance_after_the_lock_equals_the_lock_after_guidance(helpers):
     embeds = torch.randn(2, 8, 32)
     plain = unet_call(pipe, helpers, "sd", sample, embeds)
     reference = reference_latents()
-    apply_hidiffusion(pipe, apply_raunet=False, apply_window_attn=False, reference=reference)
+    apply_hidiffusion(pipe, apply_raunet=False, apply_window_attn=False, reference=reference, guide=DEFAULTS)
     locked = unet_call(pipe, helpers, "sd", sample, embeds)
     scale = 7.5
     guided_then_locked = expected_lock(

@@ -22,6 +22,8 @@ NATIVE_PX = 32
 """The tiny pipelines' native image side (16 latent px: their VAE halves the side)."""
 STEPS = 4
 SCALE = 3
+NO_VIEWS = GuideSettings(views=0.0)
+"""The large call alone (no native views): where the user's HiDiffusion options show."""
 
 
 def pipeline_and_prompt(helpers, family):
@@ -91,7 +93,10 @@ def test_a_text_to_image_pipeline_runs_as_the_node_and_a_ksampler_would(helpers)
     result = upscaled(pipe, reference, prompt)
     torch.testing.assert_close(result, written_out(reference=reference, schedule="measured"), rtol=0, atol=0)
     assert (result - written_out(schedule="measured")).abs().mean() > 0.05
-    assert (result - written_out(reference=reference)).abs().mean() > 0.01  # the node's schedule, not the official
+    # the large call (skipped under the views at their default share) runs the node's schedule, not the official
+    large_call = upscaled(pipe, reference, prompt, guide=NO_VIEWS)
+    torch.testing.assert_close(large_call, written_out(reference=reference, schedule="measured", guide=NO_VIEWS))
+    assert (large_call - written_out(reference=reference, guide=NO_VIEWS)).abs().mean() > 0.01
 
 
 def test_an_image_reference_is_its_vae_encoding(helpers):
@@ -114,19 +119,19 @@ def test_the_pipeline_the_reference_and_the_rng_are_left_as_they_were(helpers):
     kept = reference.clone()
     large = helpers.run(pipe, prompt, STEPS, size=NATIVE_PX * SCALE)
     before = snapshot.of_module(pipe.unet)
-    first = upscaled(pipe, reference, prompt)
+    first = upscaled(pipe, reference, prompt, guide=NO_VIEWS)
     assert snapshot.rng_state() == before.rng
     assert torch.equal(reference, kept)
     assert not hasattr(pipe.unet, ATTRIBUTE)
     assert before.differences(snapshot.of_module(pipe.unet, rng=False)) == []
     torch.testing.assert_close(helpers.run(pipe, prompt, STEPS, size=NATIVE_PX * SCALE), large, rtol=0, atol=0)
-    torch.testing.assert_close(upscaled(pipe, reference, prompt), first, rtol=0, atol=0)
+    torch.testing.assert_close(upscaled(pipe, reference, prompt, guide=NO_VIEWS), first, rtol=0, atol=0)
 
     apply_hidiffusion(pipe, window_seed=3)
     installation = getattr(pipe.unet, ATTRIBUTE)
     applied = helpers.run(pipe, prompt, STEPS, size=NATIVE_PX * SCALE)
     assert not torch.equal(applied, large)
-    second = upscaled(pipe, reference, prompt)
+    second = upscaled(pipe, reference, prompt, guide=NO_VIEWS)
     assert getattr(pipe.unet, ATTRIBUTE) is installation
     torch.testing.assert_close(helpers.run(pipe, prompt, STEPS, size=NATIVE_PX * SCALE), applied, rtol=0, atol=0)
     assert not torch.equal(second, first)  # the guided run took the user's options (window_seed)

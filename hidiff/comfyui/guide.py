@@ -20,12 +20,11 @@ from typing import Any
 import torch
 
 from ..core.guide import lock_low_band, lock_weight, locked_band, reference_low_band
-from ..core.raunet import sigma_to_percent
 from ..core.schedule import current_sigma
 from ..core.settings import GuideSettings
 from ..log import logger
 from .patch_base import GUIDE, SharedPatch, effect_of
-from .run_state import install_run_state, run_state
+from .run_state import install_run_state, run_state, sampling_percent
 
 EFFECT = GUIDE
 POST_CFG = "sampler_post_cfg_function"
@@ -65,11 +64,7 @@ class LowBandLock(SharedPatch):
                 logger.debug(message)
             return denoised
         sigma = current_sigma(args["sigma"])
-        percent_to_sigma = args["model"].model_sampling.percent_to_sigma
-        if state is not None:
-            percent = state.per_sigma("guide_percent", sigma, lambda s: sigma_to_percent(s, percent_to_sigma))
-        else:
-            percent = sigma_to_percent(sigma, percent_to_sigma)
+        percent = sampling_percent(state, sigma, args["model"].model_sampling.percent_to_sigma)
         weight = lock_weight(1.0 - percent, self.settings)
         if weight == 0.0:
             return denoised

@@ -18,16 +18,13 @@ import torch
 from comfy.patcher_extension import WrappersMP
 
 from ..core.native_views import blend, repeat_per_view, view_stride, views_input, views_prediction
-from ..core.raunet import sigma_to_percent
 from ..core.schedule import current_sigma
 from ..core.settings import GuideSettings
 from ..log import logger
 from .patch_base import VIEWS, SharedPatch
-from .run_state import guide_call_options, install_run_state, run_state
+from .run_state import guide_call_options, install_run_state, run_state, sampling_percent
 
 EFFECT = VIEWS
-PERCENT_KEY = "views_percent"
-"""The per-sigma memo of the sampling percent: one read per step."""
 
 
 class NativeViews(SharedPatch):
@@ -66,7 +63,7 @@ class NativeViews(SharedPatch):
             message = f"HiDiffusion Hires Fix: {problem}; those calls run without native views"
             state.tell_once(message) if state is not None else logger.debug(message)
             return large()
-        level = 1.0 - self.percent(executor, current_sigma(t), state)
+        level = 1.0 - sampling_percent(state, current_sigma(t), executor.class_obj.model_sampling.percent_to_sigma)
         batch, stride = x.shape[0], self.stride
 
         def per_view(value: Any) -> Any:
@@ -91,14 +88,6 @@ class NativeViews(SharedPatch):
         if control is not None:
             return "a ControlNet guides the large calls (its hint is at the large size)"
         return None
-
-    @staticmethod
-    def percent(executor: Any, sigma: float, state: Any) -> float:
-        """The sampling percent of ``sigma`` from the model's own sampling object, once per step."""
-        percent_to_sigma = executor.class_obj.model_sampling.percent_to_sigma
-        if state is None:
-            return sigma_to_percent(sigma, percent_to_sigma)
-        return state.per_sigma(PERCENT_KEY, sigma, lambda s: sigma_to_percent(s, percent_to_sigma))
 
 
 def apply_views(model: Any, size: tuple[int, int], native: tuple[int, int], settings: GuideSettings) -> Any:

@@ -30,6 +30,7 @@ import torch
 from comfy.patcher_extension import WrappersMP
 
 from ..core.gate import at_or_below_native, gated_message
+from ..core.raunet import sigma_to_percent
 from ..core.schedule import current_sigma, step_index
 from ..core.windows import shift_sequence
 from ..log import logger
@@ -128,6 +129,11 @@ class RunState:
         if key not in self._per_sigma:
             self._per_sigma[key] = compute(sigma)
         return self._per_sigma[key]
+
+    def sampling_percent(self, sigma: float, percent_to_sigma: Callable[[float], float]) -> float:
+        """The sampling percent of ``sigma`` on the model's own noise schedule
+        (``model_sampling.percent_to_sigma``), once per sigma of this run."""
+        return self.per_sigma("sampling_percent", sigma, lambda s: sigma_to_percent(s, percent_to_sigma))
 
     def shift_index(self, block: Hashable, sigma: float, mode: str) -> int:
         """The MSW-MSA shift k for ``block`` at the step of ``sigma``.
@@ -307,6 +313,13 @@ def run_state(options: dict, effect: str) -> RunState | None:
     """The current run's state of ``effect``, from transformer_options / extra_options."""
     run = options.get(PACK)
     return run.effects.get(effect) if isinstance(run, PackRun) else None
+
+
+def sampling_percent(state: RunState | None, sigma: float, percent_to_sigma: Callable[[float], float]) -> float:
+    """:meth:`RunState.sampling_percent`, or worked out on the spot outside a run (a direct call)."""
+    if state is None:
+        return sigma_to_percent(sigma, percent_to_sigma)
+    return state.sampling_percent(sigma, percent_to_sigma)
 
 
 def sigma_of(options: dict) -> float | None:

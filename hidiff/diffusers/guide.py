@@ -23,7 +23,7 @@ import torch
 
 from ..core.guide import lock_low_band, lock_weight, locked_band, reference_low_band
 from ..core.settings import GuideSettings
-from .hooks import main_tensor, replace_main
+from .hooks import main_tensor, replace_main, sample_and_timestep
 from .position import timestep_value
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -96,10 +96,12 @@ class LowBandLockHook:
         self.scheduler_of = scheduler_of
         self.band = locked_band((int(reference.shape[-2]), int(reference.shape[-1])), settings.cutoff)
         self._low: dict[tuple, torch.Tensor] = {}
+        self.input_of: Callable[[tuple, dict], tuple[torch.Tensor, Any]] = sample_and_timestep
+        """The sample and timestep of the call as it was made (the native views, which may
+        hand the UNet their views instead, set their own)."""
 
     def __call__(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
-        sample = args[0] if args else kwargs["sample"]
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+        sample, timestep = self.input_of(args, kwargs)
         height, width = int(sample.shape[-2]), int(sample.shape[-1])
         if not self.applies_to(height, width) or timestep is None:
             return output

@@ -70,6 +70,13 @@ def replace_main(output: Any, tensor: torch.Tensor) -> Any:
     return output
 
 
+def sample_and_timestep(args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any]:
+    """A UNet call's sample and timestep, passed by position or by name."""
+    sample = args[0] if args else kwargs["sample"]
+    timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+    return sample, timestep
+
+
 def size_of(tensor: torch.Tensor) -> tuple[int, int]:
     """(height, width) of an (N, C, H, W) tensor."""
     return int(tensor.shape[-2]), int(tensor.shape[-1])

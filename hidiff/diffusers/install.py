@@ -2,7 +2,9 @@
 
 Two mechanisms, each where it fits:
 
-* The UNet itself gets a torch forward pre-hook and an ``always_call`` forward hook.
+* The UNet itself gets a torch forward pre-hook and an ``always_call`` forward hook (and,
+  in the guided mode, the lock's forward hook and the native views' hooks,
+  :mod:`hidiff.diffusers.views`).
   The pre-hook reads the call's latent size and timestep, locates the step and builds
   the call's :class:`~hidiff.diffusers.state.CallState`; the forward hook drops it even
   when the call raises. torch hooks live outside ``forward``, so accelerate's offload
@@ -43,11 +45,12 @@ from .hooks import (
     StateSlot,
     UpBlockHook,
     WindowAttentionHook,
+    sample_and_timestep,
 )
 from .position import RunPosition, ScheduleReader, timestep_value
 from .state import CallState, HiDiffusionOptions
 from .structure import DiffusersLayout, self_attention_blocks
-from .views import NativeViewsHook
+from .views import NativeViews
 
 HOOK_NAME = "hidiffusion"
 """Prefix of every ModelHook name this package registers."""
@@ -107,12 +110,17 @@ class Installation:
             self._attach_raunet_hooks()
         if self.windows:
             self._attach_window_hooks()
-        if self.views is not None:
-            self._hook(self.unet, "views", self.views)
-        self._handles.append(self.unet.register_forward_pre_hook(self._begin_call, with_kwargs=True))
-        self._handles.append(self.unet.register_forward_hook(self._end_call, with_kwargs=True, always_call=True))
+        unet, views = self.unet, self.views
+        if views is not None:  # first: at share 1 the UNet's input becomes the views
+            self._handles.append(unet.register_forward_pre_hook(views.before, with_kwargs=True))
+        self._handles.append(unet.register_forward_pre_hook(self._begin_call, with_kwargs=True))
+        self._handles.append(unet.register_forward_hook(self._end_call, with_kwargs=True, always_call=True))
+        if views is not None:  # before the lock, which acts on the views' prediction
+            self._handles.append(unet.register_forward_hook(views.after, with_kwargs=True))
         if self.lock is not None:
-            self._handles.append(self.unet.register_forward_hook(self.lock, with_kwargs=True))
+            self._handles.append(unet.register_forward_hook(self.lock, with_kwargs=True))
+        if views is not None:
+            self._handles.append(unet.register_forward_hook(views.forget, with_kwargs=True, always_call=True))
         self._invalidate_registry_cache()
 
     def detach(self) -> None:
@@ -138,14 +146,16 @@ class Installation:
         reference = check_reference(options.reference, int(self.unet.config.out_channels))
         return LowBandLockHook(reference, options.guide or GuideSettings(), self._scheduler)
 
-    def _views(self, options: HiDiffusionOptions) -> NativeViewsHook | None:
+    def _views(self, options: HiDiffusionOptions) -> NativeViews | None:
         """The guided mode's native views (the node's second half), when ``reference`` is
         given and the views' share is above 0."""
         settings = options.guide or GuideSettings()
         if self.lock is None or settings.views == 0.0:
             return None
         size = (int(self.lock.reference.shape[-2]), int(self.lock.reference.shape[-1]))
-        return NativeViewsHook(size, settings, self._scheduler, self.slot, self._tell_once)
+        views = NativeViews(size, settings, self._scheduler, self._tell_once)
+        self.lock.input_of = views.input_of
+        return views
 
     def _scheduler(self) -> Any:
         pipeline = self._pipeline() if self._pipeline is not None else None
@@ -202,8 +212,7 @@ class Installation:
         """Forward pre-hook: the state of this call, and the ControlNet residuals taken
         over when the feature maps will not have their stock sizes."""
         self.slot.current = None
-        sample = args[0] if args else kwargs["sample"]
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+        sample, timestep = sample_and_timestep(args, kwargs)
         state = self._call_state(int(sample.shape[-2]), int(sample.shape[-1]), timestep)
         if state is not None and state.resizing:
             kwargs = self._take_residuals(state, kwargs)
@@ -216,6 +225,8 @@ class Installation:
         return output
 
     def _call_state(self, height: int, width: int, timestep: Any) -> CallState | None:
+        if self.views is not None and self.views.runs_views():
+            return None
         if self.options.gate_native and at_or_below_native(height, width, self.native_latent):
             return None
         position = self._position(timestep) if timestep is not None else None

@@ -281,9 +281,11 @@ def test_sdxl_inpaint_with_inpainting_unet_is_not_aggressive(helpers):
     assert sizes.seen["down_blocks.1.downsamplers.0"] == [(4, 4)] * 4 + [(8, 8)] * 6
 
 
-def test_accelerate_hook_added_after_apply_survives_remove(helpers):
+@pytest.mark.parametrize("guided", [False, True])
+def test_accelerate_hook_added_after_apply_survives_remove(helpers, guided):
     """accelerate's offload hooks replace ``unet.forward``; ours live outside it, so a hook
-    added after apply keeps working through remove_hidiffusion."""
+    added after apply keeps working through remove_hidiffusion (also the guided mode's lock
+    and native views, at 3x the reference's side)."""
     hooks = pytest.importorskip("accelerate.hooks", reason="accelerate is not installed")
 
     class CountCalls(hooks.ModelHook):
@@ -294,13 +296,16 @@ def test_accelerate_hook_added_after_apply_survives_remove(helpers):
             return args, kwargs
 
     pipe, prompt = helpers.sd_pipeline(), helpers.sd_prompt()
-    baseline = helpers.run(pipe, prompt, 4)
-    apply_hidiffusion(pipe)
-    active = helpers.run(pipe, prompt, 4)
+    size = 96 if guided else 64
+    options = {"reference": torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))} if guided else {}
+    baseline = helpers.run(pipe, prompt, 4, size=size)
+    apply_hidiffusion(pipe, **options)
+    active = helpers.run(pipe, prompt, 4, size=size)
+    CountCalls.calls = 0
     hooks.add_hook_to_module(pipe.unet, CountCalls())
-    assert torch.equal(helpers.run(pipe, prompt, 4), active)
+    assert torch.equal(helpers.run(pipe, prompt, 4, size=size), active)
     remove_hidiffusion(pipe)
-    assert torch.equal(helpers.run(pipe, prompt, 4), baseline)
+    assert torch.equal(helpers.run(pipe, prompt, 4, size=size), baseline)
     assert CountCalls.calls == 8
     assert not any(hasattr(m, "_diffusers_hook") for m in pipe.unet.modules())
     assert not hasattr(pipe.unet, ATTRIBUTE)

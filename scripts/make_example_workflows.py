@@ -208,7 +208,11 @@ def guided_hires_fix(
             advanced="",
         ),
         ksampler(
-            "sampler", 5, Ref("hires", "MODEL"), Ref("hires", "LATENT"), "KSampler (target size, denoise 1)",
+            "sampler",
+            5,
+            Ref("hires", "MODEL"),
+            Ref("hires", "LATENT"),
+            "KSampler (target size, denoise 1)",
             **large_settings,
         ),
         decode,

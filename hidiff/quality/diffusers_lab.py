@@ -179,7 +179,8 @@ def comfyui_runs(model: Any, layout: str, scale: int, seeds: list[int]) -> tuple
 
 
 def diffusers_runs(layout: str, scale: int, seeds: list[int], sigmas: list[float]) -> tuple[Run, Run, Run]:
-    """The diffusers native samples, ``upscale`` of them, and ``upscale`` with the lock off."""
+    """The diffusers native samples, ``upscale`` of them, and ``upscale`` with the lock and the
+    native views off (HiDiffusion's large pass alone, from the upscaled latents)."""
     from ..core.settings import GuideSettings
     from ..diffusers import upscale
 
@@ -194,10 +195,14 @@ def diffusers_runs(layout: str, scale: int, seeds: list[int], sigmas: list[float
         lambda: upscale(pipe, native.images, scale, **call_kwargs(layout, seeds, sigmas)).images,
     )
     free = timed(
-        f"diffusers: upscale {scale}x, lock off (strength 0)",
+        f"diffusers: upscale {scale}x, lock and views off (strength 0, views 0)",
         lambda: (
             upscale(
-                pipe, native.images, scale, guide=GuideSettings(strength=0.0), **call_kwargs(layout, seeds, sigmas)
+                pipe,
+                native.images,
+                scale,
+                guide=GuideSettings(strength=0.0, views=0.0),
+                **call_kwargs(layout, seeds, sigmas),
             ).images
         ),
     )

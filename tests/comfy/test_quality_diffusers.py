@@ -51,7 +51,7 @@ def test_the_lab_weights_compute_the_same_in_diffusers(pack, layout):
 
 def test_upscale_in_diffusers_draws_the_node_composition_at_three_times_the_side(pack):
     """The same native image in both, and at 3x the side the same subject where the node puts
-    it; with the lock off it moves."""
+    it; with the lock and the native views off it moves."""
     from hidiff.quality import diffusers_lab
 
     rows, _ = diffusers_lab.compare("sdxl", 3, [COMPOSITION_SEED])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.nn import functional
 
 
 def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int = 1) -> torch.Tensor:
@@ -39,3 +40,13 @@ def naive_windowed(
         idx = torch.tensor(members)
         out[:, idx] = plain_attention(q[:, idx], k[:, idx], v[:, idx], heads)
     return out
+
+
+def gaussian(x: torch.Tensor, radius: int, sigma: float) -> torch.Tensor:
+    """A separable Gaussian of taps exp(-k^2 / 2 sigma^2), |k| <= radius, borders mirrored."""
+    taps = torch.tensor([math.exp(-0.5 * (k / sigma) ** 2) for k in range(-radius, radius + 1)])
+    taps = taps / taps.sum()
+    channels = x.shape[1]
+    out = functional.pad(x, (radius, radius, radius, radius), mode="reflect")
+    out = functional.conv2d(out, taps.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return functional.conv2d(out, taps.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)

@@ -10,19 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 (torch convention)
 from harness import tiny_model
+from reference import gaussian
 from test_guided_comfy import ADVANCED, guided, img2img, native_latent, noise_level
 
 VIEWS_KEY = "hidiffusion_views"
-
-
-def gaussian(x: torch.Tensor, radius: int, sigma: float) -> torch.Tensor:
-    """A separable Gaussian of taps exp(-k^2 / 2 sigma^2), |k| <= radius, borders mirrored."""
-    taps = torch.tensor([math.exp(-0.5 * (k / sigma) ** 2) for k in range(-radius, radius + 1)])
-    taps = taps / taps.sum()
-    channels = x.shape[1]
-    out = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(out, taps.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(out, taps.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
 
 
 class CallRecorder:

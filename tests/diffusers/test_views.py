@@ -14,6 +14,7 @@ pytest.importorskip("diffusers.hooks", reason="diffusers is not installed: pip i
 
 import torch
 from diffusers import DDIMScheduler
+from reference import gaussian
 from torch.nn import functional
 
 from hidiff.core.settings import GuideSettings
@@ -22,16 +23,6 @@ from hidiff.diffusers import apply_hidiffusion, remove_hidiffusion
 NATIVE = 16
 TIMESTEP = 600
 BLUR, DEGRAIN = 2.0, 1.5
-
-
-def gaussian(x: torch.Tensor, radius: int, sigma: float) -> torch.Tensor:
-    """A separable Gaussian of taps exp(-k^2 / 2 sigma^2), |k| <= radius, borders mirrored."""
-    taps = torch.tensor([math.exp(-0.5 * (k / sigma) ** 2) for k in range(-radius, radius + 1)])
-    taps = taps / taps.sum()
-    channels = x.shape[1]
-    out = functional.pad(x, (radius, radius, radius, radius), mode="reflect")
-    out = functional.conv2d(out, taps.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
-    return functional.conv2d(out, taps.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
 
 
 def call(pipe, sample: torch.Tensor, **extra) -> torch.Tensor:

@@ -3,8 +3,10 @@
 A hires fix a user recognises: a native-size latent in (a KSampler's, or VAE Encode of an
 existing image), the upscaled latent and a model out, for a stock KSampler. The model is
 the auto node's HiDiffusion for the target size (the same plan, :func:`auto_nodes.plan_with`,
-with its per-call native gate) plus the low-band lock (:mod:`hidiff.comfyui.guide`), which
-keeps the native composition while the high-resolution pass redraws the texture.
+with its per-call native gate; on UNets only) plus the low-band lock (:mod:`hidiff.comfyui.guide`),
+which keeps the native composition, and the native views (:mod:`hidiff.comfyui.native_views`),
+which keep the subject's local structure. The lock and the views read the noise level from the
+model's own sampling object, so they serve DiT and rectified-flow models (Flux, SD3) too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..core.settings import GuideSettings
 from ..log import logger
 from .auto_nodes import ADVANCED_KEYS, AutoOptions, apply_plan, auto_options, plan_with
 from .guide import apply_lock
+from .model_info import is_unet, latent_format_of, unet_map_of
 from .native_views import apply_views
 from .node_common import PackNode
 from .params import (
@@ -98,17 +101,24 @@ def _exponent(value: Any) -> float:
     return exponent
 
 
-def target_size(samples: Any, scale_by: float) -> tuple[int, int]:
-    """The upscaled latent's (height, width), as Upscale Latent By rounds it; checked."""
+def target_size(samples: Any, scale_by: float, model: Any) -> tuple[int, int]:
+    """The upscaled latent's (height, width), as Upscale Latent By rounds it; checked against
+    the model's own latent format (its channels, and an image latent, not a video one)."""
+    name, channels, dimensions = latent_format_of(model)
+    if dimensions != 2:
+        raise ParameterError(
+            f"model: {name} takes {dimensions}-D latents (a video or audio model); the Hires Fix upscales image "
+            "latents. Connect an image model (SD1.x/SD2.x/SDXL, Flux, SD3, AuraFlow, ...)"
+        )
     if samples.ndim != 4:
         raise ParameterError(
             f"latent: a {samples.ndim - 1}-D latent (shape {list(samples.shape)}) is not an image latent; "
-            "connect an SD1.x/SD2.x/SDXL image latent (KSampler or VAE Encode output)"
+            "connect an image latent of the model this node patches (KSampler or VAE Encode output)"
         )
-    if samples.shape[1] != 4:
+    if samples.shape[1] != channels:
         raise ParameterError(
-            f"latent: {samples.shape[1]} channels; SD1.x/SD2.x/SDXL latents have 4. Connect a latent of the model "
-            "this node patches"
+            f"latent: {samples.shape[1]} channels; this model's latents ({name}) have {channels}. Connect a latent "
+            "of the model this node patches (its KSampler's or its VAE Encode's)"
         )
     height, width = int(samples.shape[-2]), int(samples.shape[-1])
     target = upscaled_size(height, width, scale_by)
@@ -120,6 +130,22 @@ def target_size(samples: Any, scale_by: float) -> tuple[int, int]:
     return target
 
 
+def hidiffusion_for(model: Any, size: tuple[int, int], scale_by: float, options: GuidedOptions, raunet: bool,
+                    msw_msa: bool) -> Any:  # fmt: skip
+    """``model`` with HiDiffusion for the target size where it is a UNet (the auto node's plan
+    and gate; a UNet the plan cannot serve, a video UNet say, is refused by it); any other
+    model (a DiT: Flux, SD3, AuraFlow) comes back as it is, and the log says so."""
+    if not is_unet(model):
+        logger.info(
+            "HiDiffusion Hires Fix: %s; it gets the lock and the native views, without RAU-Net and MSW-MSA "
+            "(they act on SD1.x/SD2.x/SDXL UNets)", unet_map_of(model).describe()
+        )  # fmt: skip
+        return model
+    plan = plan_with(model, size[0], size[1], options.auto)
+    logger.info(f"HiDiffusion Hires Fix: {plan.describe()}\n  lock: {options.guide}, from {scale_by:g}x")
+    return apply_plan(model, plan, raunet, msw_msa, options.auto) if plan.active else model
+
+
 class HiDiffusionHiresFix(PackNode):
     """A hires fix that keeps one subject at 3-4x the model's native side and redraws the detail:
     connect the native-size latent (from a KSampler, or VAE Encode of an existing image) and feed
@@ -128,7 +154,7 @@ class HiDiffusionHiresFix(PackNode):
     views: from 2x the side up it denoises the large latent as interleaved native-size views,
     so a head gets two eyes of its own size instead of many small ones (DemoFusion's dilated
     sampling; `views: 0` in advanced gives HiDiffusion's large call instead). Works with every
-    sampler and scheduler.
+    sampler and scheduler, and on DiT models (Flux, SD3, AuraFlow) with the lock and the views.
     """
 
     node_id = "HiDiffusionHiresFix"
@@ -141,7 +167,11 @@ class HiDiffusionHiresFix(PackNode):
     @classmethod
     def node_inputs(cls) -> list[Any]:
         return [
-            io.Model.Input("model", tooltip="SD1.x, SD2.x or SDXL model; it is never changed."),
+            io.Model.Input(
+                "model",
+                tooltip="An image model: SD1.x, SD2.x or SDXL (HiDiffusion, the lock and the native views), or a DiT "
+                "such as Flux, SD3 or AuraFlow (the lock and the native views); it is never changed.",
+            ),
             io.Latent.Input("latent", tooltip="The native-size latent to upscale: a KSampler's, or VAE Encode's."),
             io.Float.Input(
                 "scale_by",
@@ -154,14 +184,14 @@ class HiDiffusionHiresFix(PackNode):
             io.Boolean.Input(
                 "raunet",
                 default=True,
-                tooltip="RAU-Net for the target size (as the HiDiffusion node); acts on the large call, which the "
-                "native views replace at their default share (views: 1).",
+                tooltip="RAU-Net for the target size (as the HiDiffusion node), on SD1.x/SD2.x/SDXL UNets only; acts on "
+                "the large call, which the native views replace at their default share (views: 1).",
             ),
             io.Boolean.Input(
                 "msw_msa",
                 default=True,
-                tooltip="MSW-MSA windowed attention for the large call (faster at high resolution); the native views "
-                "replace that call at their default share (views: 1).",
+                tooltip="MSW-MSA windowed attention for the large call (faster at high resolution), on SD1.x/SD2.x/SDXL "
+                "UNets only; the native views replace that call at their default share (views: 1).",
             ),
             io.String.Input(
                 "advanced",
@@ -199,10 +229,8 @@ class HiDiffusionHiresFix(PackNode):
 
         options = parse_guided(advanced)
         samples = latent["samples"]
-        height, width = target_size(samples, scale_by)
-        plan = plan_with(model, height, width, options.auto)
-        logger.info(f"HiDiffusion Hires Fix: {plan.describe()}\n  lock: {options.guide}, from {scale_by:g}x")
-        patched = apply_plan(model, plan, raunet, msw_msa, options.auto) if plan.active else model
+        height, width = target_size(samples, scale_by, model)
+        patched = hidiffusion_for(model, (height, width), scale_by, options, raunet, msw_msa)
         upscaled = comfy.utils.common_upscale(samples, width, height, options.upscale_method, "disabled")
         band = (int(samples.shape[-2]), int(samples.shape[-1]))
         patched = apply_lock(patched, upscaled, band, options.guide)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ..core.official import FAMILY_TRAITS
 from ..core.unet_map import Family, UNetMap, inspect_unet
 
@@ -11,6 +13,21 @@ from ..core.unet_map import Family, UNetMap, inspect_unet
 def unet_map_of(model: Any) -> UNetMap:
     """The :class:`UNetMap` of the diffusion model a ModelPatcher wraps (object patches respected)."""
     return inspect_unet(model.get_model_object("diffusion_model"))
+
+
+def is_unet(model: Any) -> bool:
+    """Whether the diffusion model is an ldm-style UNet (input and output blocks), which
+    HiDiffusion's RAU-Net and MSW-MSA patch; a DiT (Flux, SD3, AuraFlow) is not."""
+    diffusion_model = model.get_model_object("diffusion_model")
+    return isinstance(getattr(diffusion_model, "input_blocks", None), torch.nn.ModuleList) and isinstance(
+        getattr(diffusion_model, "output_blocks", None), torch.nn.ModuleList
+    )
+
+
+def latent_format_of(model: Any) -> tuple[str, int, int]:
+    """The model's latent format: its name, channels and spatial dimensions (2 for images)."""
+    latent_format = model.get_model_object("latent_format")
+    return type(latent_format).__name__, int(latent_format.latent_channels), int(latent_format.latent_dimensions)
 
 
 def percent_to_sigma(model: Any):

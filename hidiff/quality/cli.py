@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="write every row as JSON here")
     parser.add_argument("--grids", type=Path, default=None, help="write PNG grids of samples into this folder")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables, machine and command here")
+    parser.add_argument("--crops", type=Path, default=None,
+                        help="write PNGs of the subjects' own channels beside the native samples' into this folder")  # fmt: skip
     parser.add_argument("--picture", type=Path, default=SHORT_PICTURE, help="the short run's picture")
     commands = parser.add_subparsers(dest="command")
     train = commands.add_parser("train", help="train a lab model on one-subject scenes (deterministic, CPU)")
@@ -131,6 +133,7 @@ def _lab(args: argparse.Namespace, argv: list[str]) -> int:
         args.json.write_text(json.dumps({"settings": report.describe(settings), "rows": rows}, indent=1) + "\n")
         progress(f"wrote {args.json}")
     grids = report.write_grids(images, args.grids) if args.grids else []
+    grids += report.write_crops(images, args.crops) if args.crops else []
     for path in grids:
         progress(f"wrote {path}")
     if args.markdown:

@@ -558,11 +558,11 @@ def run(settings: LabSettings, on_row: Callable[[dict[str, Any]], None]) -> tupl
             native_detail = reference[0].figures()["detail"]
             native_images = reference[0].image_detail
             native_drawn = reference[0].image_drawn
+            images[(layout, CONFIGS[0].name, (1, 1), sampler)] = native_images_out  # the crops' first column
             if (1, 1) not in settings.scales:  # the native samples' row: what every structure figure is read against
                 read_structure(reference[0], native_images_out, native_images_out, native, native_eyes, (1, 1))
                 row = reference[0].figures(native_detail, native_images, native_drawn)
                 rows.append(row)
-                images[(layout, CONFIGS[0].name, (1, 1), sampler)] = native_images_out
                 on_row(row)
             for scale in settings.scales:
                 for config in CONFIGS:

@@ -93,6 +93,27 @@ def write_grids(images: dict, folder: Any) -> list[Any]:
     return paths
 
 
+def write_crops(images: dict, folder: Any) -> list[Any]:
+    """One PNG per layout, size above native and sampler: the subjects' own channels beside
+    the native sample's (:func:`pictures.subject_crops`), the first seeds."""
+    from .lab import CONFIGS
+    from .pictures import subject_crops
+
+    groups: dict[tuple[str, tuple[int, int], str], list[tuple[str, torch.Tensor]]] = {}
+    for (layout, config, scale, sampler), out in images.items():
+        if scale != (1, 1):
+            groups.setdefault((layout, scale, sampler), []).append((config, out[:GRID_SEEDS]))
+    paths = []
+    for (layout, scale, sampler), rows in groups.items():
+        natives = images.get((layout, CONFIGS[0].name, (1, 1), sampler))
+        if natives is None:
+            continue
+        name = f"{layout}_{scale[0]}x{scale[1]}_{sampler}_crops.png"
+        path = subject_crops(natives[:GRID_SEEDS], rows, scale, Path(folder) / name)
+        paths += [path] if path is not None else []
+    return paths
+
+
 SHORT_ROWS = (
     ("unpatched", "unpatched"),
     ("auto", "HiDiffusion"),

@@ -13,7 +13,6 @@ import snapshot
 import torch
 import torch.nn.functional as F  # noqa: N812 (torch convention)
 from harness import conditioning, fresh_model, pack_module, sample, tiny_model
-from test_msw_msa_comfy import tiny_flux
 
 NATIVE_PX = 128
 NATIVE = NATIVE_PX // 8
@@ -185,7 +184,7 @@ def test_nothing_the_user_had_changes_and_the_same_seed_gives_the_same_image(pac
             {"samples": torch.zeros(1, 16, 16, 16)},
             3.0,
             ADVANCED,
-            "latent: 16 channels; SD1.x/SD2.x/SDXL latents have 4",
+            "latent: 16 channels; this model's latents (SD15) have 4",
         ),
         (native_latent(), 3.0, "strength: 2", "strength = 2 is out of range"),
         (native_latent(), 3.0, "lowpass: gauss", "lowpass = 'gauss' is not valid; use one of resize, fft"),
@@ -203,6 +202,8 @@ def test_bad_yaml_is_refused_at_queue_time_and_other_models_by_name(pack):
     node = pack["HiDiffusionHiresFix"]
     assert "exponent = -1 is out of range" in node.validate_inputs(advanced="exponent: -1")
     assert node.validate_inputs(advanced="exponent: 2\nlowpass: fft\nschedule: official") is True
-    with pytest.raises(ValueError, match="HiDiffusion applies to SD1.x"):
-        guided(pack, tiny_flux(), {"samples": torch.zeros(1, 4, 16, 16)})
+    pose = fresh_model("sd15")  # a UNet that does not generate images (SDPose's heatmap head): the plan refuses it
+    pose.model.diffusion_model.heatmap_head = torch.nn.Conv2d(32, 17, 1)
+    with pytest.raises(ValueError, match="HiDiffusion applies to SD1.x.*heatmap head"):
+        guided(pack, pose, native_latent())
     assert pack_module("hidiff.comfyui.guided_nodes").UPSCALE_METHODS[0] == "bicubic"

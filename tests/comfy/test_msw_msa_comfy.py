@@ -408,7 +408,8 @@ def test_simple_node_refuses_a_model_type_that_does_not_fit(pack):
         pack["ApplyMSWMSAAttentionSimple"].execute(model_type="SDXL", model=tiny_model("sd15"))
 
 
-def tiny_flux():
+def tiny_flux(weight_seed: int = 1234):
+    """A tiny Flux (one double and one single block) with seeded random weights."""
     import comfy.ldm.flux.model
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -437,6 +438,10 @@ def tiny_flux():
     model_config = comfy.supported_models.Flux(config)
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
+    generator = torch.Generator().manual_seed(weight_seed)  # ComfyUI's layers skip init: set every weight
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
     return comfy.model_patcher.ModelPatcher(
         model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
     )

@@ -34,6 +34,35 @@ def test_grid_writes_one_row_per_configuration(tmp_path):
     assert height > 2 * NATIVE * 2
 
 
+def test_crops_cut_each_seeds_subject_box_from_every_row(tmp_path):
+    """Per seed, the native subject's box scaled to the large image: the native
+    nearest-upscaled, then each row's image, appearance then eyes, as grey values."""
+    from PIL import Image
+
+    natives = scenes.batch(range(2), NATIVE, NATIVE)
+    large = natives.repeat_interleave(3, -2).repeat_interleave(3, -1).clone()
+    large[:, scenes.APPEARANCE] = 1.5  # white: tells the row from the native column
+    path = pictures.subject_crops(natives, [("large", large)], (3, 3), tmp_path / "c.png", zoom=1)
+    picture = np.asarray(Image.open(path))
+    ys, xs = np.nonzero(natives[0, scenes.MASK].numpy() > 0)
+    box_h, box_w = 3 * (ys.max() + 1 - ys.min()), 3 * (xs.max() + 1 - xs.min())
+    strip = picture[14 : 14 + box_h, 4:]
+    native_appearance = pictures._grey(
+        natives[0, scenes.APPEARANCE].numpy()[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    )
+    assert (strip[:, :box_w] == native_appearance.repeat(3, 0).repeat(3, 1)).all()
+    assert (strip[:, box_w + 4 : 2 * box_w + 4] == 255).all()
+    eyes = strip[:, 2 * (box_w + 4) : 3 * box_w + 8]
+    assert (
+        (eyes > 200)
+        == (natives[0, scenes.EYES].numpy()[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] > 0)
+        .repeat(3, 0)
+        .repeat(3, 1)
+    ).all()
+    empty = scenes.background(torch.Generator().manual_seed(0), NATIVE, NATIVE)[None]
+    assert pictures.subject_crops(empty, [("large", empty)], (1, 1), tmp_path / "e.png") is None
+
+
 def test_detail_energy_sees_a_blurred_subject():
     """The detail score falls when the subject's texture is smoothed, as an upscaled
     native sample's would be; and it is NaN with no subject."""

@@ -35,10 +35,21 @@ SDXL_CKPT = "sd_xl_base_1.0.safetensors"
 CANNY_CONTROLNET = "control_v11p_sd15_canny.pth"
 INPUT_IMAGE = "example.png"
 
-MODEL_FILES = {"checkpoints": [SD15_CKPT, SDXL_CKPT], "controlnet": [CANNY_CONTROLNET]}
+FLUX_UNET = "flux1-dev.safetensors"
+FLUX_CLIP_L = "clip_l.safetensors"
+FLUX_T5 = "t5xxl_fp8_e4m3fn.safetensors"
+FLUX_VAE = "ae.safetensors"
+
+MODEL_FILES = {
+    "checkpoints": [SD15_CKPT, SDXL_CKPT],
+    "controlnet": [CANNY_CONTROLNET],
+    "diffusion_models": [FLUX_UNET],
+    "text_encoders": [FLUX_CLIP_L, FLUX_T5],
+    "vae": [FLUX_VAE],
+}
 """The model files the workflows name, by ComfyUI model folder (the test makes placeholders)."""
 
-CORE_EXTRAS = {"Canny": "nodes_canny.py"}
+CORE_EXTRAS = {"Canny": "nodes_canny.py", "EmptySD3LatentImage": "nodes_sd3.py", "FluxGuidance": "nodes_flux.py"}
 """Core nodes that live in comfy_extras, which ComfyUI's server loads at start-up but a bare
 ``import nodes`` does not: node id -> file."""
 
@@ -453,6 +464,69 @@ WORKFLOWS: dict[str, list[Node]] = {
 }
 """File name (without .json) -> nodes. Each node's widget values are given by input name."""
 
+
+def flux_hires_fix(
+    *, positive: str, native: int, scale_by: float, steps: int, large_steps: int, prefix: str
+) -> list[Node]:
+    """Flux dev's loaders (diffusion model, its two text encoders, its VAE), the prompt with
+    Flux guidance and a zeroed negative (CFG 1), the native-size latent drawn by a KSampler,
+    HiDiffusion Hires Fix, a KSampler at denoise 1 on both of its outputs, tiled decode, save."""
+    settings = {"cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}
+    return [
+        node("unet", "UNETLoader", 0, unet_name=FLUX_UNET, weight_dtype="default"),
+        node(
+            "clip",
+            "DualCLIPLoader",
+            0,
+            row=1,
+            clip_name1=FLUX_CLIP_L,
+            clip_name2=FLUX_T5,
+            type="flux",
+            device="default",
+        ),
+        node("vae", "VAELoader", 0, row=2, vae_name=FLUX_VAE),
+        node("text", "CLIPTextEncode", 1, "Prompt", text=positive, clip=Ref("clip", "CLIP")),
+        node("pos", "FluxGuidance", 2, conditioning=Ref("text", "CONDITIONING"), guidance=3.5),
+        node("neg", "ConditioningZeroOut", 2, row=0.5, conditioning=Ref("text", "CONDITIONING")),
+        node("latent", "EmptySD3LatentImage", 2, row=1, width=native, height=native, batch_size=1),
+        ksampler(
+            "first", 3, Ref("unet", "MODEL"), Ref("latent", "LATENT"), "KSampler (native size)", steps=steps, **settings
+        ),  # fmt: skip
+        node(
+            "hires",
+            "HiDiffusionHiresFix",
+            4,
+            model=Ref("unet", "MODEL"),
+            latent=Ref("first", "LATENT"),
+            scale_by=scale_by,
+            raunet=True,
+            msw_msa=True,
+            advanced="",
+        ),  # fmt: skip
+        ksampler(
+            "sampler",
+            5,
+            Ref("hires", "MODEL"),
+            Ref("hires", "LATENT"),
+            "KSampler (target size, denoise 1)",
+            steps=large_steps,
+            **settings,
+        ),  # fmt: skip
+        node(
+            "decode",
+            "VAEDecodeTiled",
+            6,
+            samples=Ref("sampler", "LATENT"),
+            vae=Ref("vae", "VAE"),
+            tile_size=1024,
+            overlap=64,
+            temporal_size=64,
+            temporal_overlap=8,
+        ),  # fmt: skip
+        node("save", "SaveImage", 7, images=Ref("decode", "IMAGE"), filename_prefix=prefix),
+    ]
+
+
 WORKFLOWS.update(
     {  # the guided hires fix: two passes, or an existing image
         "hires_fix_sd15_2048": [
@@ -494,6 +568,28 @@ WORKFLOWS.update(
                 prefix="hidiffusion_hires_fix_sdxl_4096",
                 tiled_decode=True,
             ),
+        ],
+        "hires_fix_flux_2048": [
+            note(
+                "HiDiffusion Hires Fix: Flux at 2048x2048 (twice the native side, 4x the pixels)\n\n"
+                f"Model: Flux dev ({FLUX_UNET}, {FLUX_CLIP_L}, {FLUX_T5} and {FLUX_VAE} here; schnell and "
+                "finetunes load the same way).\n\n"
+                "The first KSampler draws the image at Flux's native 1024 px (CFG 1, Flux guidance 3.5). "
+                "HiDiffusion Hires Fix upscales the latent and gives the second KSampler a model with the lock "
+                "(the image's large shapes held to the upscaled latent while the noise is high) and the native "
+                "views (the large latent denoised as 1024 px interleaved views); on Flux it reads the noise level "
+                "from Flux's own schedule. RAU-Net and MSW-MSA act on SD1.x/SD2.x/SDXL UNets only: on Flux the "
+                "node runs without them and says so in the log. Sample at denoise 1.\n\n"
+                "VAE Decode (Tiled) decodes the 2048 px latent in tiles."
+            ),
+            *flux_hires_fix(
+                positive=SDXL_PROMPT,
+                native=1024,
+                scale_by=2.0,
+                steps=20,
+                large_steps=20,
+                prefix="hidiffusion_hires_fix_flux_2048",
+            ),  # fmt: skip
         ],
         "upscale_image_4x": [
             note(

@@ -43,13 +43,13 @@ def _list(choices: tuple[str, ...]):
 
 def build_parser() -> argparse.ArgumentParser:
     from .lab import CONFIG_NAMES, SAMPLERS
-    from .models import LAYOUT_NAMES
+    from .models import DITS, LAYOUT_NAMES
 
     parser = argparse.ArgumentParser(
         prog="python -m hidiff quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--full", action="store_true", help="the whole matrix (default: the short run)")
-    parser.add_argument("--layouts", type=_list(LAYOUT_NAMES), default=None, help="comma list: sdxl,sd15")
+    parser.add_argument("--layouts", type=_list(LAYOUT_NAMES), default=None, help="comma list: sdxl,sd15,flux")
     parser.add_argument("--configs", type=_list(CONFIG_NAMES), default=None, help="comma list of configurations")
     parser.add_argument("--scales", type=lambda t: tuple(_scale(p) for p in t.split(",")), default=None,
                         help="comma list of side multiples, e.g. 1,2,3,4,2x3")  # fmt: skip
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="where to write the weights (default: the committed file)"
     )
     compare = commands.add_parser("diffusers", help="the lab model in diffusers: upscale() beside the ComfyUI node")
-    compare.add_argument("--layout", choices=LAYOUT_NAMES, default="sdxl")
+    compare.add_argument("--layout", choices=[name for name in LAYOUT_NAMES if name not in DITS], default="sdxl")
     compare.add_argument("--scale", type=int, default=3, help="side multiple, a whole number above 1 (default 3)")
     compare.add_argument("--seeds", type=int, default=8, help="images, seeds 0 to N-1 (default 8)")
     compare.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
@@ -103,7 +103,8 @@ def main(argv: list[str]) -> int:
 def _train(args: argparse.Namespace) -> int:
     from . import train
 
-    fields = {"layout": args.layout, "seed": args.seed} | ({"steps": args.steps} if args.steps else {})
+    fields = {"layout": args.layout, "seed": args.seed} | train.LAYOUT_DEFAULTS.get(args.layout, {})
+    fields |= {"steps": args.steps} if args.steps else {}
     settings = train.TrainSettings(**fields)
     weights = train.train(settings, progress)
     path = train.save(weights, args.layout, settings.side, args.out)

@@ -453,7 +453,7 @@ def sample_batch(
     hires = config is not None and config.hires
     positive, negative = models.conditioning(native=native)
     first_height, first_width = (native, native) if hires else (height, width)
-    latent = torch.zeros(len(seeds), 4, first_height, first_width)
+    latent = torch.zeros(len(seeds), model.model.latent_format.latent_channels, first_height, first_width)
     noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed) for seed in seeds])
     samples = _ksampler(model, seeds[0], sampler, positive, negative, latent, noise, 1.0, STEPS)
     if hires:

@@ -1,4 +1,5 @@
-"""The lab's two small models: ComfyUI's own UNet classes in the SD1.5 and SDXL layouts.
+"""The lab's small models: ComfyUI's own UNet classes in the SD1.5 and SDXL layouts, and its
+Flux class (a DiT with a rectified-flow schedule).
 
 Both are built through ``comfy.supported_models`` (SD15 and SDXL), so every node sees an
 SD1.x or an SDXL model with the real block layout: SD1.5's four levels with Downsample at
@@ -6,6 +7,11 @@ input blocks 3, 6 and 9 and attention on the first three levels; SDXL's three le
 attention from level 1 down. Widths are small so they train on a CPU. They predict epsilon
 on SD's discrete schedule (ComfyUI's default ``model_sampling`` for both), on 4-channel
 scene "latents" of their native side (:data:`NATIVE`, no VAE).
+
+The Flux layout (:data:`FLUX_LAYOUT`) is ComfyUI's ``Flux`` at a tiny width: 2x2 patches,
+rotary positions, two double-stream and two single-stream blocks, no guidance embedding
+(as Flux schnell), Flux's shifted rectified-flow sigmas (``ModelSamplingFlux``) and its
+16-channel latent format: the scenes fill the first 4 channels and the other 12 are zero.
 
 The cross-attention context is one fixed token (:func:`context`), and the unconditional
 context zeros, so CFG works as with a text prompt. SDXL's ``y`` vector is what ComfyUI's
@@ -19,13 +25,13 @@ from typing import Any
 
 import torch
 
-NATIVE = {"sdxl": 32, "sd15": 24}
+NATIVE = {"sdxl": 32, "sd15": 24, "flux": 32}
 """The side of each layout's training scenes, in latent pixels (x8 for its "image" size).
 The SD1.5 layout's is 24: its full-resolution level has self-attention, whose cost grows
 with the square of the token count (a training step at 32 takes 2.4x one at 24 here, and
 sampling at 4x the side would take minutes per image)."""
-LAYOUT_NAMES = ("sdxl", "sd15")
-TRAINED: tuple[str, ...] = ("sdxl", "sd15")
+LAYOUT_NAMES = ("sdxl", "sd15", "flux")
+TRAINED: tuple[str, ...] = ("sdxl", "sd15", "flux")
 """The layouts whose weights are committed (``weights/lab_<layout>.safetensors`` with its
 ``.sha256``)."""
 CONTEXT_DIM = 32
@@ -81,7 +87,27 @@ channel of its image. Measured on two SDXL-layout models trained at 32 channels:
 sample's per-channel mean equalled its starting noise's (slope 1.00, residual std
 0.01-0.03), where the scenes' mask channel has mean -2.4. At 64 channels each group pairs
 two channels (the input copier's +x and -x), and the mean passes."""
-MODEL_CLASSES = {"sd15": "SD15", "sdxl": "SDXL"}
+FLUX_LAYOUT: dict[str, Any] = {
+    "image_model": "flux",
+    "in_channels": 16,
+    "out_channels": 16,
+    "patch_size": 2,
+    "vec_in_dim": CONTEXT_DIM,
+    "context_in_dim": CONTEXT_DIM,
+    "hidden_size": 128,
+    "mlp_ratio": 4.0,
+    "num_heads": 4,
+    "depth": 2,
+    "depth_single_blocks": 2,
+    "axes_dim": [8, 12, 12],
+    "theta": 10000,
+    "qkv_bias": True,
+    "guidance_embed": False,
+}
+LAYOUTS["flux"] = FLUX_LAYOUT
+MODEL_CLASSES = {"sd15": "SD15", "sdxl": "SDXL", "flux": "Flux"}
+DITS = ("flux",)
+"""The layouts that are DiTs (trained on the rectified-flow objective, not epsilon)."""
 
 
 def context(batch: int = 1) -> torch.Tensor:
@@ -94,7 +120,13 @@ def base_model(layout: str) -> Any:
     """ComfyUI's BaseModel for ``layout`` in fp32 on the CPU, with ComfyUI's default init."""
     import comfy.supported_models
 
-    model_config = getattr(comfy.supported_models, MODEL_CLASSES[layout])(dict(LAYOUTS[layout], dtype=torch.float32))
+    config = dict(LAYOUTS[layout], dtype=torch.float32)
+    if layout in DITS:
+        import comfy.ldm.flux.model
+
+        if "txt_ids_dims" in comfy.ldm.flux.model.FluxParams.__dataclass_fields__:  # ComfyUI 0.33.0 and newer
+            config["txt_ids_dims"] = []
+    model_config = getattr(comfy.supported_models, MODEL_CLASSES[layout])(config)
     model_config.set_inference_dtype(torch.float32, None)
     return model_config.get_model({})
 
@@ -104,15 +136,27 @@ def native_of(layout: str) -> int:
 
 
 def adm(model: Any, batch: int, native: int) -> torch.Tensor | None:
-    """SDXL's ``y`` for the native size (None for SD1.5), as ComfyUI builds it when sampling."""
-    if LAYOUTS_BY_MODEL.get(type(model).__name__) != "sdxl":
+    """SDXL's ``y`` for the native size (None for SD1.5; the zero pooled vector for a DiT), as
+    ComfyUI builds it when sampling."""
+    layout = LAYOUTS_BY_MODEL.get(type(model).__name__)
+    if layout in DITS:
+        return torch.zeros(batch, CONTEXT_DIM)
+    if layout != "sdxl":
         return None
     pixels = native * 8
     y = model.encode_adm(pooled_output=torch.zeros(1, 1280), width=pixels, height=pixels)
     return y.expand(batch, -1)
 
 
-LAYOUTS_BY_MODEL = {"BaseModel": "sd15", "SDXL": "sdxl"}
+LAYOUTS_BY_MODEL = {"BaseModel": "sd15", "SDXL": "sdxl", "Flux": "flux"}
+
+
+def with_latent_channels(scenes_: torch.Tensor, channels: int) -> torch.Tensor:
+    """Scenes (B, 4, H, W) as latents of ``channels`` channels: zeros after the scene's own."""
+    extra = channels - scenes_.shape[1]
+    if extra <= 0:
+        return scenes_
+    return torch.cat([scenes_, scenes_.new_zeros(scenes_.shape[0], extra, *scenes_.shape[2:])], dim=1)
 
 
 def weights_path(layout: str) -> Path:
@@ -138,6 +182,8 @@ def load(layout: str) -> Any:
         raise ValueError(f"{path} holds a {stored.get('layout')} model of native {stored.get('native')}, "
                          f"not {layout} at {native_of(layout)}")  # fmt: skip
     model = base_model(layout)
+    if layout in DITS:  # stored in Flux's own key names; ComfyUI 0.33.0 renames the norms' "scale" to "weight"
+        state = model.model_config.process_unet_state_dict(state)
     model.diffusion_model.load_state_dict(state, strict=True)
     model.eval()
     patcher = comfy.model_patcher.ModelPatcher(

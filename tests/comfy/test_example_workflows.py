@@ -45,7 +45,14 @@ UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_
 
 SD15_CKPT = "v1-5-pruned-emaonly.safetensors"
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
-MODEL_FILES = {"checkpoints": [SD15_CKPT, SDXL_CKPT], "controlnet": ["control_v11p_sd15_canny.pth"]}
+FLUX_UNET = "flux1-dev.safetensors"
+MODEL_FILES = {
+    "checkpoints": [SD15_CKPT, SDXL_CKPT],
+    "controlnet": ["control_v11p_sd15_canny.pth"],
+    "diffusion_models": [FLUX_UNET],
+    "text_encoders": ["clip_l.safetensors", "t5xxl_fp8_e4m3fn.safetensors"],
+    "vae": ["ae.safetensors"],
+}
 INPUT_IMAGES = ["example.png"]
 
 SCENARIOS = {
@@ -72,15 +79,21 @@ SCENARIOS = {
         "size": (1024, 1024),
         "nodes": {"HiDiffusionHiresFix", "VAEDecodeTiled"},
     },
+    "hires_fix_flux_2048": {
+        "unet": FLUX_UNET,
+        "size": (1024, 1024),
+        "nodes": {"DualCLIPLoader", "FluxGuidance", "HiDiffusionHiresFix", "VAEDecodeTiled"},
+    },
     "upscale_image_4x": {
         "ckpt": SDXL_CKPT,
         "size": None,
         "nodes": {"LoadImage", "VAEEncode", "HiDiffusionHiresFix", "VAEDecodeTiled"},
     },
 }
-"""The scenarios, by file name: checkpoint, native latent size, nodes it must use."""
-GUIDED = {"hires_fix_sd15_2048", "hires_fix_sdxl_4096", "upscale_image_4x"}
-"""The guided hires fix's workflows: the native latent, the node at scale 4, a KSampler at denoise 1 after it."""
+"""The scenarios, by file name: checkpoint (or a Flux diffusion model), native latent size, nodes it must use."""
+GUIDED = {"hires_fix_sd15_2048", "hires_fix_sdxl_4096", "upscale_image_4x", "hires_fix_flux_2048"}
+"""The guided hires fix's workflows: the native latent, the node at scale 4 (Flux: 2, twice its 1024 px side),
+a KSampler at denoise 1 after it."""
 
 SEED_RECOMMENDED_RAUNET = {
     "input_blocks": "3",
@@ -324,19 +337,25 @@ def test_scenario_content(name: str, registry):
     prompt = to_prompt(load(name), registry)
     types = {node["class_type"] for node in prompt.values()}
     assert scenario["nodes"] <= types
-    assert [inputs["ckpt_name"] for inputs in by_type(prompt, "CheckpointLoaderSimple")] == [scenario["ckpt"]]
+    flux = "unet" in scenario
+    if flux:
+        assert [inputs["unet_name"] for inputs in by_type(prompt, "UNETLoader")] == [scenario["unet"]]
+        assert [inputs["type"] for inputs in by_type(prompt, "DualCLIPLoader")] == ["flux"]
+    else:
+        assert [inputs["ckpt_name"] for inputs in by_type(prompt, "CheckpointLoaderSimple")] == [scenario["ckpt"]]
     if scenario["size"]:
-        (latent,) = by_type(prompt, "EmptyLatentImage")
+        (latent,) = by_type(prompt, "EmptySD3LatentImage" if flux else "EmptyLatentImage")
         assert (latent["width"], latent["height"]) == scenario["size"]
     samplers = by_type(prompt, "KSampler")
     sampler = next(s for s in samplers if prompt[s["model"][0]]["class_type"] in OUR_NODES)
-    # the guided workflows' large pass: 10 steps (the lab's native-views runs kept the structure of 20)
-    assert sampler["steps"] == 10 if name in GUIDED else 20 <= sampler["steps"] <= 30
-    assert sampler["cfg"] == (6.0 if scenario["ckpt"] == SDXL_CKPT else 7.0)
+    # the UNet guided workflows' large pass: 10 steps (the lab's native-views runs kept the structure of 20);
+    # Flux's: its first pass's 20 (no lab run on a DiT yet)
+    assert sampler["steps"] == 10 if name in GUIDED and not flux else 20 <= sampler["steps"] <= 30
+    assert sampler["cfg"] == (1.0 if flux else 6.0 if scenario["ckpt"] == SDXL_CKPT else 7.0)
     assert prompt[sampler["model"][0]]["class_type"] in OUR_NODES
     if name in GUIDED:
         (hires,) = by_type(prompt, "HiDiffusionHiresFix")
-        assert hires["scale_by"] == 4.0 and sampler["denoise"] == 1.0
+        assert hires["scale_by"] == (2.0 if flux else 4.0) and sampler["denoise"] == 1.0
         assert prompt[sampler["latent_image"][0]]["class_type"] == "HiDiffusionHiresFix"
         first = prompt[hires["latent"][0]]["class_type"]
         assert first == ("VAEEncode" if name == "upscale_image_4x" else "KSampler")

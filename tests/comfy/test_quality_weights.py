@@ -63,8 +63,8 @@ def test_the_committed_weights_are_the_recorded_ones(pack, layout):
     path = models.weights_path(layout)
     recorded = path.with_suffix(path.suffix + ".sha256").read_text().split()[0]
     assert train.sha256(path) == recorded
-    unet = models.load(layout).model.diffusion_model
-    assert unet.input_blocks[0][0].weight.dtype == torch.float32
+    net = models.load(layout).model.diffusion_model
+    assert {param.dtype for param in net.parameters()} == {torch.float32}
 
 
 def _fewer_duplicates(better: lab.Cell, baseline: lab.Cell) -> float:
@@ -184,3 +184,33 @@ def test_the_native_views_give_each_head_two_eyes_where_the_large_call_draws_spe
     # here: views 2 clear eyes, 0 specks on all three; without them 1 clear eye and 7-9 specks
     assert all(head.two_eyed and head.specks <= 1 for head in views), views
     assert not any(head.two_eyed for head in large) and min(head.specks for head in large) >= 5, large
+
+
+def test_the_dit_lab_model_repeats_subjects_at_three_times_the_side_and_the_node_keeps_one_in_place(pack):
+    """The Flux-layout lab model (a DiT on a rectified-flow schedule) does not keep one subject
+    at 3x the side unpatched; the HiDiffusion Hires Fix (its defaults on a DiT: the lock and
+    the native views, no HiDiffusion) keeps the native sample's one subject where it was.
+    Without the lock (strength 0) the views still draw one subject, elsewhere; without both it
+    is the unpatched image. Fails when the lock or the views are gone."""
+    model = models.load("flux")
+    native = models.native_of("flux")
+    candidates = list(range(FIRST_SEED, FIRST_SEED + 6))
+    natives = lab.sample_batch(model, "flux", native, candidates, native, native, "euler")
+    single = [i for i, reading in enumerate(counter.read_all(natives, native)) if reading.subjects == 1][:3]
+    assert len(single) == 3, "the native samples of 3 of 6 fresh seeds hold one subject"
+    seeds, first = [candidates[i] for i in single], natives[single]
+    configs = {config.name: config for config in lab.CONFIGS}
+
+    def run(name: str | None) -> tuple[list[int], list[float]]:
+        config = configs[name] if name else None
+        images = lab.sample_batch(model, "flux", native, seeds, 3 * native, 3 * native, "euler", config=config)
+        return [reading.subjects for reading in counter.read_all(images, native)], subject_overlap(images, first)
+
+    plain, _ = run(None)
+    assert plain != [1, 1, 1], plain  # here 4, 0, 0 subjects
+    node_subjects, node = run("guided")
+    assert node_subjects == [1, 1, 1] and min(node) > 0.6, (node_subjects, node)  # overlap 0.74-0.76 here
+    _, unlocked = run("guided_off")
+    assert max(unlocked) < min(node) - 0.3, (unlocked, node)  # 0.00-0.09 here
+    free_subjects, _ = run("guided_off_no_views")
+    assert free_subjects != [1, 1, 1], free_subjects

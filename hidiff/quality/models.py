@@ -108,6 +108,8 @@ LAYOUTS["flux"] = FLUX_LAYOUT
 MODEL_CLASSES = {"sd15": "SD15", "sdxl": "SDXL", "flux": "Flux"}
 DITS = ("flux",)
 """The layouts that are DiTs (trained on the rectified-flow objective, not epsilon)."""
+UNET_LAYOUTS = tuple(name for name in LAYOUT_NAMES if name not in DITS)
+"""The UNet layouts (the diffusers lab loads these into diffusers' UNet)."""
 
 
 def context(batch: int = 1) -> torch.Tensor:

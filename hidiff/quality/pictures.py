@@ -59,7 +59,7 @@ def grid(rows: list[tuple[str, torch.Tensor]], path: Path, zoom: int = 3, title:
     return path
 
 
-def _grey(values: np.ndarray) -> np.ndarray:
+def grey(values: np.ndarray) -> np.ndarray:
     """A channel as uint8 grey, -1.5 black to 1.5 white (the scenes' values lie within)."""
     return (np.clip((values + 1.5) / 3.0, 0.0, 1.0) * 255).astype(np.uint8)
 
@@ -84,7 +84,7 @@ def subject_crops(
         left, right = xs.min() * scale[1], (xs.max() + 1) * scale[1]
         big_native = native.detach().float().cpu().repeat_interleave(scale[0], -2).repeat_interleave(scale[1], -1)
         sources = [big_native] + [images[seed].detach().float().cpu() for _, images in rows]
-        tiles = [_grey(source[channel].numpy()[top:bottom, left:right]) for channel in (APPEARANCE, EYES)
+        tiles = [grey(source[channel].numpy()[top:bottom, left:right]) for channel in (APPEARANCE, EYES)
                  for source in sources]  # fmt: skip
         strips.append(np.concatenate([np.pad(tile, ((0, 0), (0, pad)), constant_values=250) for tile in tiles], 1))
     if not strips:

@@ -40,7 +40,7 @@ def unet_outputs(layout: str, timesteps: torch.Tensor) -> tuple[torch.Tensor, to
     return comfy, ours
 
 
-@pytest.mark.parametrize("layout", models.TRAINED)
+@pytest.mark.parametrize("layout", [layout for layout in models.TRAINED if layout in models.UNET_LAYOUTS])
 def test_the_lab_weights_compute_the_same_in_diffusers(pack, layout):
     """Within 1e-4 of ComfyUI's output, where a call at other timesteps differs by far more."""
     comfy, ours = unet_outputs(layout, torch.tensor([500.0, 30.0]))

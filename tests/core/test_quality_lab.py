@@ -47,7 +47,7 @@ def test_crops_cut_each_seeds_subject_box_from_every_row(tmp_path):
     ys, xs = np.nonzero(natives[0, scenes.MASK].numpy() > 0)
     box_h, box_w = 3 * (ys.max() + 1 - ys.min()), 3 * (xs.max() + 1 - xs.min())
     strip = picture[14 : 14 + box_h, 4:]
-    native_appearance = pictures._grey(
+    native_appearance = pictures.grey(
         natives[0, scenes.APPEARANCE].numpy()[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     )
     assert (strip[:, :box_w] == native_appearance.repeat(3, 0).repeat(3, 1)).all()

@@ -149,6 +149,13 @@ def text_to_image(
     ]
 
 
+def decode_tiled(vae: Ref) -> Node:
+    """VAE Decode (Tiled) of the second KSampler's latent, in column 6: a 2048-4096 px latent
+    decoded within a consumer GPU's memory."""
+    return node("decode", "VAEDecodeTiled", 6, samples=Ref("sampler", "LATENT"), vae=vae, tile_size=1024,
+                overlap=64, temporal_size=64, temporal_overlap=8)  # fmt: skip
+
+
 LARGE_PASS_STEPS = 10
 """The second KSampler's steps: in the quality lab (docs/quality.md, native views) the large
 pass at 10 steps kept the structure of 20 (as many two-eyed images, no more specks) at about
@@ -188,17 +195,7 @@ def guided_hires_fix(
         ]
         native_latent = Ref("encode", "LATENT")
     decode = (
-        node(
-            "decode",
-            "VAEDecodeTiled",
-            6,
-            samples=Ref("sampler", "LATENT"),
-            vae=Ref("ckpt", "VAE"),
-            tile_size=1024,
-            overlap=64,
-            temporal_size=64,
-            temporal_overlap=8,
-        )  # fmt: skip
+        decode_tiled(Ref("ckpt", "VAE"))
         if tiled_decode
         else node("decode", "VAEDecode", 6, samples=Ref("sampler", "LATENT"), vae=Ref("ckpt", "VAE"))
     )
@@ -512,17 +509,7 @@ def flux_hires_fix(
             steps=large_steps,
             **settings,
         ),  # fmt: skip
-        node(
-            "decode",
-            "VAEDecodeTiled",
-            6,
-            samples=Ref("sampler", "LATENT"),
-            vae=Ref("vae", "VAE"),
-            tile_size=1024,
-            overlap=64,
-            temporal_size=64,
-            temporal_overlap=8,
-        ),  # fmt: skip
+        decode_tiled(Ref("vae", "VAE")),
         node("save", "SaveImage", 7, images=Ref("decode", "IMAGE"), filename_prefix=prefix),
     ]
 

@@ -1,17 +1,17 @@
-"""The guided mode on a diffusers UNet: the ComfyUI node's low-band lock, on x0.
+"""The guided mode on a diffusers model: the ComfyUI node's low-band lock, on x0.
 
 The lock itself is :mod:`hidiff.core.guide` (the same function and the same
 :class:`~hidiff.core.settings.GuideSettings` defaults as the HiDiffusion Hires Fix node).
 ComfyUI hands its post-CFG function the denoised prediction; a diffusers UNet returns
-epsilon, v or x0 as its scheduler is configured, so this hook turns the output of each call
-into x0 with the scheduler's ``alphas_cumprod`` at the call's timestep, locks it, and turns
-it back. Every conversion is affine in x0 with the same coefficients for every row of the
-batch, so locking the unconditional and conditional halves and then applying classifier-free
-guidance gives what locking the guided prediction gives.
+epsilon, v or x0 as its scheduler is configured and a Flux transformer a rectified-flow
+velocity, so this hook turns the output of each call into x0 (:mod:`hidiff.diffusers.calls`),
+locks it, and turns it back. Every conversion is affine in x0 with the same coefficients for
+every row of the batch, so locking the unconditional and conditional halves and then
+applying classifier-free guidance gives what locking the guided prediction gives.
 
-The weight follows the noise level ``timestep / num_train_timesteps`` (1 at pure noise),
-never the step index. A call no larger than the reference (the native-size pass) is left
-as it is.
+The weight follows the call's noise level (a UNet's ``timestep / num_train_timesteps``, a
+Flux transformer's ``σ``; 1 at pure noise), never the step index. A call no larger than the
+reference (the native-size pass) is left as it is.
 """
 
 from __future__ import annotations
@@ -23,10 +23,7 @@ import torch
 
 from ..core.guide import lock_low_band, lock_weight, locked_band, reference_low_band
 from ..core.settings import GuideSettings
-from .hooks import main_tensor, replace_main, sample_and_timestep
-from .position import timestep_value
-
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+from .calls import Call, CallReader
 
 
 def check_reference(reference: Any, channels: int) -> torch.Tensor:
@@ -45,79 +42,43 @@ def check_reference(reference: Any, channels: int) -> torch.Tensor:
     return reference.detach().clone()
 
 
-def predicted_x0(output: torch.Tensor, sample: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
-    """x0 from a UNet output at the noisy ``sample`` (the variance-preserving x_t)."""
-    a, s = alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
-    if prediction_type == "epsilon":
-        return (sample - s * output) / a
-    if prediction_type == "v_prediction":
-        return a * sample - s * output
-    if prediction_type == "sample":
-        return output
-    raise ValueError(f"prediction_type {prediction_type!r} is not supported; valid: {', '.join(PREDICTION_TYPES)}")
-
-
-def output_for_x0(x0: torch.Tensor, sample: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
-    """The UNet output whose x0 at ``sample`` is ``x0`` (the inverse of :func:`predicted_x0`)."""
-    a, s = alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
-    if prediction_type == "epsilon":
-        return (sample - a * x0) / s
-    if prediction_type == "v_prediction":
-        return (a * sample - x0) / s
-    if prediction_type == "sample":
-        return x0
-    raise ValueError(f"prediction_type {prediction_type!r} is not supported; valid: {', '.join(PREDICTION_TYPES)}")
-
-
-def output_moved(output: torch.Tensor, x0_change: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
-    """The UNet output whose x0 is ``x0_change`` away from that of ``output`` (same x_t)."""
-    a, s = alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
-    if prediction_type == "epsilon":
-        return output - (a / s) * x0_change
-    if prediction_type == "v_prediction":
-        return output - x0_change / s
-    return output + x0_change
-
-
 class LowBandLockHook:
-    """A UNet forward hook: the output of every call larger than the reference, with its x0's
+    """A model forward hook: the output of every call larger than the reference, with its x0's
     low band moved towards the upscaled reference's (:func:`hidiff.core.guide.lock_low_band`).
 
     Args:
         reference: the native-size latents (B, C, h, w) in the pipeline's latent space; kept,
             never changed. Its size is the band the lock holds (``cutoff`` of it).
         settings: strength, exponent, low-pass and cutoff (the node's defaults unless given).
-        scheduler_of: the scheduler whose ``alphas_cumprod`` and ``prediction_type`` apply.
+        reader: reads the model's calls (:class:`~hidiff.diffusers.calls.UNetCalls` or
+            :class:`~hidiff.diffusers.calls.FluxCalls`).
     """
 
-    def __init__(self, reference: torch.Tensor, settings: GuideSettings, scheduler_of: Callable[[], Any]) -> None:
+    def __init__(self, reference: torch.Tensor, settings: GuideSettings, reader: CallReader) -> None:
         self.reference = reference
         self.settings = settings
-        self.scheduler_of = scheduler_of
+        self.reader = reader
         self.band = locked_band((int(reference.shape[-2]), int(reference.shape[-1])), settings.cutoff)
         self._low: dict[tuple, torch.Tensor] = {}
-        self.input_of: Callable[[tuple, dict], tuple[torch.Tensor, Any]] = sample_and_timestep
-        """The sample and timestep of the call as it was made (the native views, which may
-        hand the UNet their views instead, set their own)."""
+        self.call_of: Callable[[tuple, dict], Call | None] = reader.read
+        """The call as it was made (the native views, which may hand the model their views
+        instead, set their own)."""
 
     def __call__(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
-        sample, timestep = self.input_of(args, kwargs)
-        height, width = int(sample.shape[-2]), int(sample.shape[-1])
-        if not self.applies_to(height, width) or timestep is None:
+        call = self.call_of(args, kwargs)
+        if call is None:
             return output
-        scheduler = self.scheduler_of()
-        level = timestep_value(timestep) / scheduler.config.num_train_timesteps
-        weight = lock_weight(level, self.settings)
+        height, width = int(call.latent.shape[-2]), int(call.latent.shape[-1])
+        if not self.applies_to(height, width):
+            return output
+        weight = lock_weight(call.level, self.settings)
         if weight == 0.0:
             return output
-        prediction = main_tensor(output)
-        alpha_bar = alpha_bar_at(scheduler, timestep_value(timestep))
-        prediction_type = scheduler.config.prediction_type
-        x0 = predicted_x0(prediction.float(), sample.float(), alpha_bar, prediction_type)
+        prediction = self.reader.output_latent(output, (height, width)).float()
+        x0 = call.prediction.x0(prediction, call.latent.float())
         target = self.reference_low(height, width, x0)
         locked = lock_low_band(x0, target, weight, self.band, self.settings.lowpass)
-        moved = output_moved(prediction.float(), locked - x0, alpha_bar, prediction_type)
-        return replace_main(output, moved.to(prediction.dtype))
+        return self.reader.with_output(output, call.prediction.moved(prediction, locked - x0))
 
     def applies_to(self, height: int, width: int) -> bool:
         """Whether a call of this latent size is locked: larger than the reference and of its
@@ -144,14 +105,3 @@ class LowBandLockHook:
             reference = self.reference.to(like.device, torch.float32)
             self._low[key] = reference_low_band(reference, (height, width), self.band, self.settings.lowpass, batch)
         return self._low[key]
-
-
-def alpha_bar_at(scheduler: Any, timestep: float) -> float:
-    """``alphas_cumprod`` at a (possibly fractional) timestep, interpolated linearly."""
-    table = scheduler.alphas_cumprod
-    last = len(table) - 1
-    t = min(max(timestep, 0.0), float(last))
-    low = int(t)
-    high = min(low + 1, last)
-    fraction = t - low
-    return float(table[low]) * (1.0 - fraction) + float(table[high]) * fraction

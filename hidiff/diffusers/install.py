@@ -35,6 +35,7 @@ from ..core.official import Schedule, aggressive_by_default, official_schedule
 from ..core.settings import GuideSettings
 from ..core.windows import shift_sequence
 from ..log import logger
+from .calls import UNetCalls
 from .guide import LowBandLockHook, check_reference
 from .hooks import (
     DownsampleHook,
@@ -144,7 +145,7 @@ class Installation:
         if self._pipeline is None and options.scheduler is None:
             raise ValueError("the guided mode on a bare UNet needs scheduler=<the scheduler your loop uses>")
         reference = check_reference(options.reference, int(self.unet.config.out_channels))
-        return LowBandLockHook(reference, options.guide or GuideSettings(), self._scheduler)
+        return LowBandLockHook(reference, options.guide or GuideSettings(), UNetCalls(self._scheduler))
 
     def _views(self, options: HiDiffusionOptions) -> NativeViews | None:
         """The guided mode's native views (the node's second half), when ``reference`` is
@@ -153,8 +154,8 @@ class Installation:
         if self.lock is None or settings.views == 0.0:
             return None
         size = (int(self.lock.reference.shape[-2]), int(self.lock.reference.shape[-1]))
-        views = NativeViews(size, settings, self._scheduler, self._tell_once)
-        self.lock.input_of = views.input_of
+        views = NativeViews(size, settings, self.lock.reader, self._tell_once)
+        self.lock.call_of = views.call_of
         return views
 
     def _scheduler(self) -> Any:

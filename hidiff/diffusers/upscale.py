@@ -10,6 +10,10 @@ and the views' (:class:`~hidiff.core.settings.GuideSettings`) and the auto node'
 schedule. The
 pipeline is left as it was: HiDiffusion applied before the call keeps its own options for the
 run and is put back as it was, and a pipeline without it has none after.
+
+A Flux pipeline is upscaled as the node upscales a non-UNet: the native views and the lock on
+its transformer (:mod:`hidiff.diffusers.transformer`), without RAU-Net and MSW-MSA, and the
+size rounded to whole 2x2 patches.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ..core.measured import SCHEDULE_NAMES
 from ..core.settings import GuideSettings
 from .install import ATTRIBUTE
 from .structure import unwrap_unet
+from .transformer import GuidedTransformer, is_guided_transformer, latent_channels
 
 
 def upscale(
@@ -39,11 +44,12 @@ def upscale(
     """Upscale native-size latents or an image ``scale`` times with one subject and new detail.
 
     Args:
-        pipe: a Stable Diffusion 1.x/2.x or SDXL text-to-image or image-to-image pipeline;
-            a text-to-image one is run as its image-to-image sibling on the same components
-            (``AutoPipelineForImage2Image.from_pipe``).
-        reference: the native-size latents (``pipe(..., output_type="latent").images``), or
-            an image (PIL, or a (batch, 3, height, width) tensor in [0, 1]) that the
+        pipe: a Stable Diffusion 1.x/2.x, SDXL or Flux text-to-image or image-to-image
+            pipeline; a text-to-image one is run as its image-to-image sibling on the same
+            components (``AutoPipelineForImage2Image.from_pipe``).
+        reference: the native-size latents (``pipe(..., output_type="latent").images``; a
+            Flux pipeline's are packed: pass them unpacked, (batch, 16, height / 8, width / 8)),
+            or an image (PIL, or a (batch, 3, height, width) tensor in [0, 1]) that the
             pipeline's VAE encodes (its mode, so the same image gives the same latents).
         scale: the side multiple, above 1 (3 or 4 for 3-4x the native side).
         guide: the lock's and the native views' settings; None takes the ComfyUI node's
@@ -59,20 +65,40 @@ def upscale(
 
     Raises:
         ValueError: ``scale`` not above 1, ``strength`` outside (0, 1], a reference that
-            is neither latents of the UNet's channels nor an image, or ``image`` /
+            is neither latents of the model's channels nor an image, or ``image`` /
             ``height`` / ``width`` in ``call_kwargs`` (the reference sets them), a bare
-            UNet or an inpainting pipeline; all before any UNet call.
+            model or an inpainting pipeline; all before any model call.
     """
-    from . import apply_hidiffusion, remove_hidiffusion
-
-    unet = _pipeline_unet(pipe)
+    model = _pipeline_model(pipe)
     _check_call(scale, strength, call_kwargs)
-    latents = reference_latents(pipe, reference, int(unet.config.out_channels))
+    flux = is_guided_transformer(model)
+    latents = reference_latents(pipe, reference, latent_channels(model) if flux else int(model.config.out_channels))
     size = upscaled_size(int(latents.shape[-2]), int(latents.shape[-1]), scale)
+    if flux:  # whole 2x2 patches
+        size = (2 * round(size[0] / 2), 2 * round(size[1] / 2))
     if size[0] <= latents.shape[-2] or size[1] <= latents.shape[-1]:
         raise ValueError(f"scale = {scale:g} does not enlarge a {tuple(latents.shape[-2:])} latent; use 3 or 4")
     started = upscale_reference(latents.float(), size).to(latents.dtype)
     image_pipe = image_to_image(pipe)
+    if flux:
+        return _upscale_on_transformer(pipe, image_pipe, model, latents, started, guide, strength, call_kwargs)
+    return _upscale_on_unet(pipe, image_pipe, model, latents, started, guide, strength, call_kwargs)
+
+
+def _upscale_on_unet(
+    pipe: Any,
+    image_pipe: Any,
+    unet: Any,
+    latents: torch.Tensor,
+    started: torch.Tensor,
+    guide: GuideSettings | None,
+    strength: float,
+    call_kwargs: dict[str, Any],
+) -> Any:
+    """HiDiffusion with the lock and the views for the image-to-image run, then the
+    pipeline's own HiDiffusion (or none) back."""
+    from . import apply_hidiffusion, remove_hidiffusion
+
     previous = getattr(unet, ATTRIBUTE, None)
     switches, options = _switches_and_options(previous)
     try:
@@ -83,6 +109,34 @@ def upscale(
         if previous is not None:
             previous.attach()
             setattr(unet, ATTRIBUTE, previous)
+
+
+def _upscale_on_transformer(
+    pipe: Any,
+    image_pipe: Any,
+    transformer: Any,
+    latents: torch.Tensor,
+    started: torch.Tensor,
+    guide: GuideSettings | None,
+    strength: float,
+    call_kwargs: dict[str, Any],
+) -> Any:
+    """The lock and the views on the transformer for the image-to-image run, removed after.
+    The Flux image-to-image pipeline reads its size from ``height`` and ``width`` (a latent
+    ``image`` carries none), so they are the upscaled latent's in pixels."""
+    guided = GuidedTransformer(transformer, latents, guide)
+    factor = int(pipe.vae_scale_factor)
+    guided.attach()
+    try:
+        return image_pipe(
+            image=started,
+            strength=strength,
+            height=int(started.shape[-2]) * factor,
+            width=int(started.shape[-1]) * factor,
+            **call_kwargs,
+        )
+    finally:
+        guided.detach()
 
 
 def image_to_image(pipe: Any) -> Any:
@@ -105,6 +159,11 @@ def reference_latents(pipe: Any, reference: Any, channels: int) -> torch.Tensor:
     """The native-size latents: ``reference`` itself when it is latents, else its VAE encoding."""
     if isinstance(reference, torch.Tensor) and reference.ndim == 4 and reference.shape[1] == channels:
         return reference.detach()
+    if isinstance(reference, torch.Tensor) and reference.ndim == 3 and reference.shape[-1] == 4 * channels:
+        raise ValueError(
+            f"reference is packed Flux latents {tuple(reference.shape)}: unpack them first, "
+            "FluxPipeline._unpack_latents(latents, height, width, pipe.vae_scale_factor), or pass the image"
+        )
     if isinstance(reference, torch.Tensor) and (reference.ndim != 4 or reference.shape[1] != 3):
         raise ValueError(
             f"reference is a tensor of shape {tuple(reference.shape)}: pass latents (batch, {channels}, h, w) "
@@ -142,14 +201,23 @@ def encode(pipe: Any, image: Any) -> torch.Tensor:
     return (latents - shift) * config.scaling_factor
 
 
-def _pipeline_unet(pipe: Any) -> Any:
+def _pipeline_model(pipe: Any) -> Any:
+    """The pipeline's UNet, or its transformer when the guided mode reads it."""
     unet = getattr(pipe, "unet", None)
-    if unet is None:
+    if unet is not None:
+        return unwrap_unet(unet)
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None and is_guided_transformer(unwrap_unet(transformer)):
+        return unwrap_unet(transformer)
+    if transformer is not None:
         raise ValueError(
-            f"upscale takes a Stable Diffusion or SDXL pipeline, got {type(pipe).__name__}; for a bare UNet use "
-            "apply_hidiffusion(unet, reference=..., scheduler=...)"
+            f"upscale takes Stable Diffusion, SDXL and Flux pipelines; {type(pipe).__name__} has a "
+            f"{type(transformer).__name__}, which the guided mode does not read"
         )
-    return unwrap_unet(unet)
+    raise ValueError(
+        f"upscale takes a Stable Diffusion, SDXL or Flux pipeline, got {type(pipe).__name__}; for a bare UNet use "
+        "apply_hidiffusion(unet, reference=..., scheduler=...)"
+    )
 
 
 def _check_call(scale: float, strength: float, call_kwargs: dict[str, Any]) -> None:

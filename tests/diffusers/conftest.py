@@ -178,3 +178,71 @@ def sdxl_added_cond(batch: int = 1) -> dict:
 def helpers():
     """This module, so tests can build models without importing it by path."""
     return sys.modules[__name__]
+
+
+FLUX_JOINT_DIM = 32
+FLUX_POOLED_DIM = 32
+
+
+def flux_transformer():
+    """A Flux transformer of one double and one single block (heads of 8 = rope axes 2+2+4)."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=FLUX_JOINT_DIM,
+        pooled_projection_dim=FLUX_POOLED_DIM,
+        guidance_embeds=False,
+        axes_dims_rope=(2, 2, 4),
+    ).eval()
+
+
+def flux_vae():
+    """A two-level VAE with Flux's 16 latent channels and a shift factor."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=(8, 8),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=16,
+        norm_num_groups=8,
+        layers_per_block=1,
+        shift_factor=0.1,
+        scaling_factor=0.5,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    ).eval()
+
+
+def flux_pipeline(cls=None):
+    """A Flux pipeline of class ``cls`` (default text-to-image) with FLUX.1-dev's scheduler config."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    cls = cls or FluxPipeline
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )  # fmt: skip
+    parts = {"scheduler": scheduler, "vae": flux_vae(), "transformer": flux_transformer()}
+    parts.update(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
+    pipe = cls(**parts).to("cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux_prompt(batch: int = 1) -> dict:
+    torch.manual_seed(2)
+    return {
+        "prompt_embeds": torch.randn(batch, TOKENS, FLUX_JOINT_DIM),
+        "pooled_prompt_embeds": torch.randn(batch, FLUX_POOLED_DIM),
+    }

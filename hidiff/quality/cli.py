@@ -43,7 +43,7 @@ def _list(choices: tuple[str, ...]):
 
 def build_parser() -> argparse.ArgumentParser:
     from .lab import CONFIG_NAMES, SAMPLERS
-    from .models import LAYOUT_NAMES, UNET_LAYOUTS
+    from .models import LAYOUT_NAMES, TRAINED
 
     parser = argparse.ArgumentParser(
         prog="python -m hidiff quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="where to write the weights (default: the committed file)"
     )
     compare = commands.add_parser("diffusers", help="the lab model in diffusers: upscale() beside the ComfyUI node")
-    compare.add_argument("--layout", choices=UNET_LAYOUTS, default="sdxl")
+    compare.add_argument("--layout", choices=TRAINED, default="sdxl")
     compare.add_argument("--scale", type=int, default=3, help="side multiple, a whole number above 1 (default 3)")
     compare.add_argument("--seeds", type=int, default=8, help="images, seeds 0 to N-1 (default 8)")
     compare.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")

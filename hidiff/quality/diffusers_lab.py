@@ -100,19 +100,108 @@ def load_unet(layout: str) -> Any:
     return unet.eval()
 
 
-def pipeline(layout: str) -> Any:
-    """The stock SD (SD1.5 layout) or SDXL pipeline around the lab model, without text encoders."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+FLUX_CONVERTER_WIDTH = 3072
+"""The hidden width diffusers' Flux converter (``convert_flux_transformer_checkpoint_to_diffusers``)
+assumes when it splits a single block's fused q/k/v/MLP projection: FLUX.1's."""
+
+
+def transformer_config(layout: str = "flux") -> dict[str, Any]:
+    """The ``FluxTransformer2DModel`` config of the lab's Flux-layout model, from its ComfyUI layout."""
+    flux = models.LAYOUTS[layout]
+    patch_values = flux["patch_size"] ** 2
+    return {
+        "patch_size": 1,  # diffusers' Flux takes the 2x2 patches packed by the pipeline
+        "in_channels": flux["in_channels"] * patch_values,
+        "num_layers": flux["depth"],
+        "num_single_layers": flux["depth_single_blocks"],
+        "attention_head_dim": flux["hidden_size"] // flux["num_heads"],
+        "num_attention_heads": flux["num_heads"],
+        "joint_attention_dim": flux["context_in_dim"],
+        "pooled_projection_dim": flux["vec_in_dim"],
+        "guidance_embeds": flux["guidance_embed"],
+        "axes_dims_rope": tuple(flux["axes_dim"]),
+    }
+
+
+def load_transformer(layout: str = "flux") -> Any:
+    """The committed Flux-layout lab model as a diffusers ``FluxTransformer2DModel`` (fp32, eval).
+
+    The weights are in the original (BFL) key layout, which diffusers' own converter maps. That
+    converter splits each single block's fused projection at FLUX.1's width (3072) whatever the
+    model's, so the lab model's narrower rows are laid at those offsets (zero rows between)
+    before converting, and the padding is cut off after: every converted tensor is then the
+    model's own shape, and nothing but zeros is cut."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+    from safetensors.torch import load_file
+
+    flux = models.LAYOUTS[layout]
+    width, mlp = flux["hidden_size"], int(flux["hidden_size"] * flux["mlp_ratio"])
+    checkpoint = {name: value.float() for name, value in load_file(models.weights_path(layout)).items()}
+    for name in [name for name in checkpoint if name.startswith("single_blocks.") and ".linear1." in name]:
+        checkpoint[name] = _at_converter_offsets(checkpoint[name], (width, width, width, mlp))
+    converted = convert_flux_transformer_checkpoint_to_diffusers(checkpoint)
+    transformer = FluxTransformer2DModel(**transformer_config(layout))
+    shapes = {name: value.shape for name, value in transformer.state_dict().items()}
+    for name, value in converted.items():
+        rows = shapes[name][0]
+        if value.shape != shapes[name]:
+            if value.shape[1:] != shapes[name][1:] or value[rows:].abs().max() != 0:
+                raise ValueError(f"{name}: converted to {tuple(value.shape)}, the model has {tuple(shapes[name])}")
+            converted[name] = value[:rows]
+    transformer.load_state_dict(converted, strict=True)
+    return transformer.eval()
+
+
+def _at_converter_offsets(fused: torch.Tensor, parts: tuple[int, ...]) -> torch.Tensor:
+    """``fused`` (q, k, v, MLP rows of ``parts``) with each part at the start of the block the
+    converter cuts for it (3072, 3072, 3072, 4 · 3072 rows), zeros after."""
+    width = FLUX_CONVERTER_WIDTH
+    blocks = (width, width, width, 4 * width)
+    pieces = []
+    for piece, block in zip(torch.split(fused, parts, dim=0), blocks, strict=True):
+        padding = torch.zeros(block - piece.shape[0], *piece.shape[1:], dtype=piece.dtype)
+        pieces += [piece, padding]
+    return torch.cat(pieces, dim=0)
+
+
+def scale_factor_vae(channels: int) -> Any:
+    """A small random VAE of four levels: it only gives a pipeline its 8x scale factor."""
+    from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         block_out_channels=(8, 8, 8, 8),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
+        latent_channels=channels,
         norm_num_groups=8,
         layers_per_block=1,
     )
+
+
+def pipeline(layout: str) -> Any:
+    """The stock SD (SD1.5 layout), SDXL or Flux pipeline around the lab model, without text
+    encoders. The Flux one's scheduler has no shift of its own (static shift 1): every run
+    passes ComfyUI's sigmas, already shifted by ComfyUI's Flux schedule."""
+    from diffusers import (
+        EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
+
+    if layout in models.DITS:
+        pipe = FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+            vae=scale_factor_vae(models.LAYOUTS[layout]["in_channels"]),
+            transformer=load_transformer(layout),
+            text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+        )  # fmt: skip
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+    vae = scale_factor_vae(4)
     parts = {"vae": vae, "unet": load_unet(layout), "scheduler": EulerDiscreteScheduler(**SCHEDULER)}
     parts.update(text_encoder=None, tokenizer=None)
     if layout == "sdxl":
@@ -129,6 +218,17 @@ def call_kwargs(layout: str, seeds: list[int], sigmas: list[float]) -> dict[str,
     """The lab's prompt, CFG, sigmas and per-seed generators as pipeline keyword arguments."""
     batch = len(seeds)
     native_px = models.native_of(layout) * 8
+    if layout in models.DITS:  # true CFG against an empty prompt; the sigmas without the final 0
+        return {
+            "prompt_embeds": models.context(batch),
+            "pooled_prompt_embeds": torch.zeros(batch, models.CONTEXT_DIM),
+            "negative_prompt_embeds": torch.zeros(batch, 1, models.CONTEXT_DIM),
+            "negative_pooled_prompt_embeds": torch.zeros(batch, models.CONTEXT_DIM),
+            "true_cfg_scale": lab.CFG,
+            "sigmas": sigmas[:-1],
+            "generator": [torch.Generator().manual_seed(seed) for seed in seeds],
+            "output_type": "latent",
+        }
     kwargs: dict[str, Any] = {
         "prompt_embeds": models.context(batch),
         "negative_prompt_embeds": torch.zeros(batch, 1, models.CONTEXT_DIM),
@@ -188,25 +288,37 @@ def diffusers_runs(layout: str, scale: int, seeds: list[int], sigmas: list[float
     side_px = models.native_of(layout) * 8
     native = timed(
         "diffusers: native",
-        lambda: pipe(height=side_px, width=side_px, **call_kwargs(layout, seeds, sigmas)).images,
+        lambda: unpacked(pipe, pipe(height=side_px, width=side_px, **call_kwargs(layout, seeds, sigmas)).images),
     )
     guided = timed(
         f"diffusers: upscale {scale}x",
-        lambda: upscale(pipe, native.images, scale, **call_kwargs(layout, seeds, sigmas)).images,
+        lambda: unpacked(pipe, upscale(pipe, native.images, scale, **call_kwargs(layout, seeds, sigmas)).images),
     )
     free = timed(
         f"diffusers: upscale {scale}x, lock and views off (strength 0, views 0)",
-        lambda: (
+        lambda: unpacked(
+            pipe,
             upscale(
                 pipe,
                 native.images,
                 scale,
                 guide=GuideSettings(strength=0.0, views=0.0),
                 **call_kwargs(layout, seeds, sigmas),
-            ).images
+            ).images,
         ),
     )
     return native, guided, free
+
+
+def unpacked(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """A pipeline's latents as (batch, channels, height, width): a Flux pipeline's are packed
+    2x2-patch tokens on a square grid (the lab's images are square)."""
+    if latents.ndim == 4:
+        return latents
+    from ..diffusers.calls import unpack
+
+    side = round(latents.shape[1] ** 0.5)
+    return unpack(latents, (side, side))
 
 
 def compare(layout: str, scale: int, seeds: list[int]) -> tuple[list[dict[str, Any]], list[Run]]:

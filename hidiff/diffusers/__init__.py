@@ -9,6 +9,9 @@
     native = pipe(prompt, output_type="latent").images
     image = upscale(pipe, native, 4, prompt=prompt).images[0]   # 4x the side, one subject
 
+``upscale`` also takes a Flux pipeline (the native views and the lock on its transformer,
+no RAU-Net or MSW-MSA; pass its latents unpacked).
+
 Call-compatible with the official ``hidiffusion`` package (``apply_raunet``,
 ``apply_window_attn``), for StableDiffusion 1.x/2.x and StableDiffusionXL pipelines,
 their img2img, inpaint and ControlNet variants, and bare ``UNet2DConditionModel`` s.
@@ -20,7 +23,10 @@ Modules:
     position   the step of a UNet call, from its timestep and the scheduler.
     state      the options, and the state of one UNet call.
     hooks      the hooks that carry out RAD/RAU, pooling, ControlNet residuals, MSW-MSA.
+    calls      how the guided mode reads a UNet's and a Flux transformer's calls.
     guide      the guided mode's lock on each call's predicted x0 (``reference=``).
+    views      the guided mode's native views.
+    transformer  the lock and the views on a Flux transformer.
     upscale    the guided hires fix in one call (``upscale(pipe, reference, scale)``).
     install    registering and removing them.
 """

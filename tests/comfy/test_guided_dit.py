@@ -1,6 +1,7 @@
-"""The HiDiffusion Hires Fix on a DiT with a rectified-flow schedule (a tiny random Flux):
-the lock alone per call against the formula written here, with the noise level from the
-model's own sampling object; the native views on it; what is said once; bad input."""
+"""The HiDiffusion Hires Fix on DiTs with rectified-flow schedules (a tiny random Flux, and a
+tiny random SD3 MMDiT with its discrete-flow schedule): the lock alone per call against the
+formula written here, with the noise level from each model's own schedule in closed form; the
+native views on them; what is said once; bad input."""
 
 from __future__ import annotations
 
@@ -18,15 +19,15 @@ NATIVE = 16
 CHANNELS = 16
 
 
-def flux_conditioning(seed: int) -> list:
-    """A CONDITIONING list of the tiny Flux's widths: text tokens and the pooled vector."""
+def dit_conditioning(seed: int) -> list:
+    """A CONDITIONING list of the tiny DiTs' widths: text tokens and the pooled vector."""
     generator = torch.Generator().manual_seed(seed)
     return [[torch.randn(1, 12, 32, generator=generator), {"pooled_output": torch.randn(1, 32, generator=generator)}]]
 
 
-def native_latent(seed: int = 4) -> dict:
+def native_latent(seed: int = 4, channels: int = CHANNELS) -> dict:
     generator = torch.Generator().manual_seed(seed)
-    return {"samples": torch.randn(1, CHANNELS, NATIVE, NATIVE, generator=generator) * 0.5}
+    return {"samples": torch.randn(1, channels, NATIVE, NATIVE, generator=generator) * 0.5}
 
 
 def hires_fix(pack, model, latent, advanced: str = "", scale_by: float = 3.0):
@@ -41,9 +42,64 @@ def sample(model, latent, *, steps: int = 3, sampler: str = "euler", seed: int =
     samples = latent["samples"]
     noise = comfy.sample.prepare_noise(samples, seed)
     return comfy.sample.sample(
-        model, noise, steps, 3.0, sampler, "simple", flux_conditioning(11), flux_conditioning(12), samples,
+        model, noise, steps, 3.0, sampler, "simple", dit_conditioning(11), dit_conditioning(12), samples,
         denoise=1.0, seed=seed, disable_pbar=True,
     )  # fmt: skip
+
+
+def tiny_sd3(weight_seed: int = 1234):
+    """A tiny SD3 MMDiT (2 joint blocks: hidden 128, 2 heads) with seeded random weights, through
+    ComfyUI's own SD3 class (its discrete-flow sampling at shift 3, its 16-channel latent format)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = {
+        "in_channels": 16,
+        "pos_embed_scaling_factor": None,
+        "patch_size": 2,
+        "out_channels": 16,
+        "depth": 2,
+        "adm_in_channels": 32,
+        "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}},
+        "pos_embed_max_size": 32,
+        "num_patches": 1024,
+        "dtype": torch.float32,
+    }
+    model_config = comfy.supported_models.SD3(config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    generator = torch.Generator().manual_seed(weight_seed)  # ComfyUI's layers skip init: set every weight,
+    with torch.no_grad():  # and the position table, an empty buffer a checkpoint fills
+        for tensor in [*model.parameters(), model.diffusion_model.pos_embed]:
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
+
+
+def tiny_auraflow(weight_seed: int = 1234):
+    """A tiny AuraFlow MMDiT (one joint and one single block, width 64) with seeded random
+    weights, through ComfyUI's own AuraFlow class (discrete flow at shift 1.73, SDXL's 4-channel
+    latent format)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = {
+        "cond_seq_dim": 32, "in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 64, "n_layers": 2,
+        "n_double_layers": 1, "n_heads": 2, "global_conddim": 64, "max_seq": 1024, "dtype": torch.float32,
+    }  # fmt: skip
+    model_config = comfy.supported_models.AuraFlow(config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    generator = torch.Generator().manual_seed(weight_seed)  # ComfyUI's layers skip init: set every weight
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def flux_level(model, sigma: float) -> float:
@@ -53,53 +109,76 @@ def flux_level(model, sigma: float) -> float:
     return 1.0 / (1.0 + math.exp(shift) * (1.0 / sigma - 1.0))
 
 
-def expected_lock(model, denoised, reference, sigma):
+def sd3_level(model, sigma: float) -> float:
+    """The same for SD3's and AuraFlow's discrete-flow schedule, sigma = shift·t / (1 + (shift − 1)·t),
+    so t = sigma / (shift − (shift − 1)·sigma)."""
+    shift = model.get_model_object("model_sampling").shift
+    return sigma / (shift - (shift - 1.0) * sigma)
+
+
+DITS = {
+    "flux": (tiny_flux, flux_level, 16),
+    "sd3": (tiny_sd3, sd3_level, 16),
+    "auraflow": (tiny_auraflow, sd3_level, 4),
+}
+"""Each tiny DiT's builder, its schedule's noise level in closed form, its latent channels."""
+
+
+def expected_lock(model, denoised, reference, sigma, level=flux_level):
     """denoised + g · (low(reference) − low(denoised)); low: area to the native side, bicubic back."""
 
     def low(x):
         return F.interpolate(F.adaptive_avg_pool2d(x, NATIVE), size=x.shape[-2:], mode="bicubic", align_corners=False)
 
-    weight = (0.5 * (1 + math.cos(math.pi * (1 - flux_level(model, sigma))))) ** 3
+    weight = (0.5 * (1 + math.cos(math.pi * (1 - level(model, sigma))))) ** 3
     reference = model.model.process_latent_in(reference)
     return denoised + weight * (low(reference) - low(denoised))
 
 
-@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
-def test_the_lock_on_a_flux_model_follows_the_formula_at_every_call(pack, sampler):
-    """Flux's sigmas are rectified-flow ones (1 at pure noise), not EDM ones: the weight is read
-    from the model's own schedule, so the first call is locked in full and later ones less."""
+@pytest.mark.parametrize(
+    ("dit", "sampler"), [("flux", "euler"), ("flux", "dpmpp_2m"), ("sd3", "euler"), ("auraflow", "euler")]
+)
+def test_the_lock_on_a_dit_follows_the_formula_at_every_call(pack, dit, sampler):
+    """Flux's, SD3's and AuraFlow's sigmas are rectified-flow ones (1 at pure noise), not EDM
+    ones, on differently shifted schedules: the weight is read from each model's own schedule,
+    so the first call is locked in full and later ones less."""
+    build, level, channels = DITS[dit]
     before, after = Recorder(), Recorder()
-    model, latent = hires_fix(pack, with_post_cfg(tiny_flux(), before), native_latent(), advanced="views: 0")
+    model, latent = hires_fix(
+        pack, with_post_cfg(build(), before), native_latent(channels=channels), advanced="views: 0"
+    )
     sample(with_post_cfg(model, after), latent, sampler=sampler)
     assert len(before.calls) == len(after.calls) == 3
     gaps = []
     for (sigma, given), (_, result) in zip(before.calls, after.calls, strict=True):
-        expected = expected_lock(model, given, latent["samples"], sigma)
+        expected = expected_lock(model, given, latent["samples"], sigma, level)
         torch.testing.assert_close(result, expected, atol=2e-3, rtol=1e-5)
         gaps.append(float((expected - given).abs().max()))
     assert before.calls[0][0] == pytest.approx(1.0)
     assert max(gaps) > 100 * 2e-3, f"the lock must move the prediction far more than the tolerance: {gaps}"
 
 
-def test_flux_gets_the_lock_and_the_views_without_hidiffusion_and_is_told_once(pack, logs):
-    """The node hands a Flux model back with the lock and the views only (no UNet patch can
-    apply), says so once, and the large latent is denoised as native-size views: the model
-    sees 9 views of the native side and never the whole 3x latent."""
-    flux = tiny_flux()
+@pytest.mark.parametrize("dit", DITS)
+def test_a_dit_gets_the_lock_and_the_views_without_hidiffusion_and_is_told_once(pack, logs, dit):
+    """The node hands a Flux, SD3 or AuraFlow model back with the lock and the views only (no
+    UNet patch can apply), says so once, and the large latent is denoised as native-size views:
+    the model sees 9 views of the native side and never the whole 3x latent."""
+    build, _, channels = DITS[dit]
+    flux = build()
     shapes: list[tuple[int, ...]] = []
     hook = flux.model.diffusion_model.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape)))
     try:
-        model, latent = hires_fix(pack, flux, native_latent())
-        assert latent["samples"].shape == (1, CHANNELS, 3 * NATIVE, 3 * NATIVE)
+        model, latent = hires_fix(pack, flux, native_latent(channels=channels))
+        assert latent["samples"].shape == (1, channels, 3 * NATIVE, 3 * NATIVE)
         assert [type(f).__name__ for f in model.model_options["sampler_post_cfg_function"]] == ["LowBandLock"]
         assert not model.model_options["transformer_options"].get("patches_replace")
         with_views = sample(model, latent, steps=2)
     finally:
         hook.remove()
-    assert shapes and set(shapes) == {(18, CHANNELS, NATIVE, NATIVE)}, set(shapes)  # cond + uncond, 9 views each
+    assert shapes and set(shapes) == {(18, channels, NATIVE, NATIVE)}, set(shapes)  # cond + uncond, 9 views each
     told = [m for m in logs.messages(logging.INFO) if "without RAU-Net and MSW-MSA" in m]
     assert len(told) == 1 and "is not a UNet" in told[0], told
-    large_only, _ = hires_fix(pack, tiny_flux(), native_latent(), advanced="views: 0")
+    large_only, _ = hires_fix(pack, build(), native_latent(channels=channels), advanced="views: 0")
     assert (with_views - sample(large_only, latent, steps=2)).abs().max() > 0.05
 
 

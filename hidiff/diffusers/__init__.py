@@ -123,6 +123,6 @@ def _split(pipe_or_unet: Any) -> tuple[Any, Any]:
     if getattr(pipe_or_unet, "transformer", None) is not None:
         raise UnsupportedModelError(
             f"{type(pipe_or_unet).__name__} has a transformer, not a UNet; HiDiffusion applies to SD1.x/SD2.x/SDXL "
-            "UNets (for a Flux pipeline, upscale() runs the guided hires fix: the lock and the native views)"
+            "UNets (for a Flux or SD3 pipeline, upscale() runs the guided hires fix: the lock and the native views)"
         )
     return unwrap_unet(pipe_or_unet), None

@@ -12,6 +12,8 @@ two kinds of model hand them over differently:
   ``v = noise − x0`` at ``x_t = (1 − σ)·x0 + σ·noise``; the pipeline hands it ``σ`` itself as
   the timestep (``timestep / 1000``), and ``σ`` is the noise level: the share of noise in
   the latent, read from the call, never from a step count.
+* an ``SD3Transformer2DModel`` takes the latent as it is and returns the same velocity; the
+  pipeline hands it the scheduler's timestep ``σ · num_train_timesteps``.
 
 Each reader turns a call into :class:`Call` (the 4-D latent, the noise level and the
 :class:`Prediction` at that level), an output back into a 4-D prediction and a 4-D
@@ -34,6 +36,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 UNET_RESIDUAL_KEYS = ("down_block_additional_residuals", "mid_block_additional_residual")
 """A ControlNet's residuals: made for the large latent, so such a call keeps it."""
 FLUX_RESIDUAL_KEYS = ("controlnet_block_samples", "controlnet_single_block_samples")
+SD3_RESIDUAL_KEYS = ("block_controlnet_hidden_states",)
 FLUX_PER_SAMPLE_KEYS = ("encoder_hidden_states", "pooled_projections", "timestep", "guidance")
 """A Flux call's arguments with one row per sample (repeated per view); ``txt_ids`` and
 ``img_ids`` are per token, not per sample."""
@@ -219,13 +222,66 @@ class FluxCalls:
     def views_refused(self, call: Call, stride: int, module: Any, kwargs: dict) -> tuple[str, str] | None:
         if any(kwargs.get(key) is not None for key in FLUX_RESIDUAL_KEYS):
             return "views_controlnet", "a ControlNet guides the large calls; they run without native views"
-        height, width = -(-call.latent.shape[-2] // stride), -(-call.latent.shape[-1] // stride)
-        if height % 2 or width % 2:
-            return "views_odd", (
-                f"the native views of this size ({width}x{height} latent px) do not pack into 2x2 patches; "
-                "its calls run without native views"
-            )
-        return None
+        return patch_refusal(call, stride, 2)
+
+
+class SD3Calls:
+    """An ``SD3Transformer2DModel``'s calls: the latent as it is, the rectified-flow velocity,
+    ``σ · num_train_timesteps`` of the scheduler as the timestep."""
+
+    def __init__(self, scheduler_of: Callable[[], Any], patch_size: int) -> None:
+        self.scheduler_of = scheduler_of
+        self.patch_size = patch_size
+
+    def read(self, args: tuple, kwargs: dict) -> Call | None:
+        """The call, when it is made as diffusers' SD3 pipelines make it (the latent first,
+        everything else by name); else None, and the call runs as it is."""
+        if len(args) > 1:
+            return None
+        latent = args[0] if args else kwargs.get("hidden_states")
+        timestep = kwargs.get("timestep")
+        if timestep is None or not isinstance(latent, torch.Tensor) or latent.ndim != 4:
+            return None
+        sigma = timestep_value(timestep) / self.scheduler_of().config.num_train_timesteps
+        if sigma <= 0.0:
+            return None
+        return Call(latent, min(sigma, 1.0), VelocityPrediction(sigma))
+
+    def output_latent(self, output: Any, size: tuple[int, int]) -> torch.Tensor:
+        return main_tensor(output)
+
+    def with_output(self, output: Any, latent: torch.Tensor) -> Any:
+        return replace_main(output, latent.to(main_tensor(output).dtype))
+
+    def views_arguments(
+        self, views_in: torch.Tensor, batch: int, stride: int, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict]:
+        """The views as the latent; the prompt, pooled projection and timestep repeated per view."""
+        views_kwargs = dict(kwargs)
+        for key in ("encoder_hidden_states", "pooled_projections", "timestep"):
+            value = kwargs.get(key)
+            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch:
+                views_kwargs[key] = repeat_per_view(value, stride)
+        if args:
+            return (views_in,), views_kwargs
+        return (), {**views_kwargs, "hidden_states": views_in}
+
+    def views_refused(self, call: Call, stride: int, module: Any, kwargs: dict) -> tuple[str, str] | None:
+        if any(kwargs.get(key) is not None for key in SD3_RESIDUAL_KEYS):
+            return "views_controlnet", "a ControlNet guides the large calls; they run without native views"
+        return patch_refusal(call, stride, self.patch_size)
+
+
+def patch_refusal(call: Call, stride: int, patch: int) -> tuple[str, str] | None:
+    """Why the views of ``call`` cannot run on a DiT with ``patch`` x ``patch`` patches (a view
+    side that the patch does not divide), or None."""
+    height, width = -(-call.latent.shape[-2] // stride), -(-call.latent.shape[-1] // stride)
+    if height % patch or width % patch:
+        return "views_odd", (
+            f"the native views of this size ({width}x{height} latent px) do not cut into {patch}x{patch} patches; "
+            "its calls run without native views"
+        )
+    return None
 
 
 def token_grid(ids: Any, tokens: Any) -> tuple[int, int] | None:

@@ -1,16 +1,18 @@
-"""The guided mode on a diffusers Flux transformer: the lock and the native views, no HiDiffusion.
+"""The guided mode on a diffusers DiT (Flux, SD3): the lock and the native views, no HiDiffusion.
 
 RAU-Net and MSW-MSA reshape a UNet's levels and its windowed self-attention; a DiT has
-neither, so on a ``FluxTransformer2DModel`` the guided hires fix is what the ComfyUI node
-does on a non-UNet: the native views and the low-band lock, read through
-:class:`~hidiff.diffusers.calls.FluxCalls` (packed 2x2-patch tokens, rectified-flow
-velocity, ``σ`` as the noise level). Only torch forward hooks on the transformer, in the
-order the UNet's guided mode registers them (:mod:`hidiff.diffusers.install`), all removed
-by :meth:`GuidedTransformer.detach`.
+neither, so on a ``FluxTransformer2DModel`` or an ``SD3Transformer2DModel`` the guided hires
+fix is what the ComfyUI node does on a non-UNet: the native views and the low-band lock, read
+through :class:`~hidiff.diffusers.calls.FluxCalls` (packed 2x2-patch tokens) or
+:class:`~hidiff.diffusers.calls.SD3Calls` (the latent as it is): rectified-flow velocity,
+``σ`` as the noise level. Only torch forward hooks on the transformer, in the order the UNet's
+guided mode registers them (:mod:`hidiff.diffusers.install`), all removed by
+:meth:`GuidedTransformer.detach`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,37 +20,63 @@ from torch import nn
 
 from ..core.settings import GuideSettings
 from ..log import logger
-from .calls import FluxCalls
+from .calls import CallReader, FluxCalls, SD3Calls
 from .guide import LowBandLockHook, check_reference
 from .structure import UnsupportedModelError
 from .views import NativeViews
 
-GUIDED_TRANSFORMERS = ("FluxTransformer2DModel",)
-"""The DiT classes the guided mode reads (by their packed-token calls)."""
+GUIDED_TRANSFORMERS = ("FluxTransformer2DModel", "SD3Transformer2DModel")
+"""The DiT classes the guided mode reads."""
 
 
-def is_guided_transformer(model: Any) -> bool:
-    """Whether ``model`` is a DiT the guided mode reads (see :data:`GUIDED_TRANSFORMERS`)."""
+def is_flux(model: Any) -> bool:
     from diffusers import FluxTransformer2DModel
 
     return isinstance(model, FluxTransformer2DModel)
 
 
+def is_guided_transformer(model: Any) -> bool:
+    """Whether ``model`` is a DiT the guided mode reads (see :data:`GUIDED_TRANSFORMERS`)."""
+    from diffusers import SD3Transformer2DModel
+
+    return is_flux(model) or isinstance(model, SD3Transformer2DModel)
+
+
 def latent_channels(transformer: nn.Module) -> int:
-    """The channels of a Flux transformer's latents: its tokens are 2x2 patches of them."""
-    return int(transformer.config.in_channels) // 4
+    """The channels of a DiT's latents (a Flux transformer's tokens are 2x2 patches of them)."""
+    channels = int(transformer.config.in_channels)
+    return channels // 4 if is_flux(transformer) else channels
+
+
+def patch_side(transformer: nn.Module) -> int:
+    """The side of the patches the transformer cuts the latent into (every size is a multiple)."""
+    return 2 if is_flux(transformer) else int(transformer.config.patch_size)
+
+
+def call_reader(transformer: nn.Module, scheduler_of: Callable[[], Any]) -> CallReader:
+    """How the guided mode reads this transformer's calls."""
+    if is_flux(transformer):
+        return FluxCalls()
+    return SD3Calls(scheduler_of, patch_side(transformer))
 
 
 class GuidedTransformer:
     """The lock and the native views installed on one transformer; :meth:`detach` removes them.
 
     Args:
-        transformer: a ``FluxTransformer2DModel``.
+        transformer: a ``FluxTransformer2DModel`` or an ``SD3Transformer2DModel``.
         reference: the native-size latents (batch, channels, height, width), unpacked.
         settings: the lock's and the views' settings (the node's defaults unless given).
+        scheduler_of: the pipeline's scheduler (SD3's timestep is in its training steps).
     """
 
-    def __init__(self, transformer: nn.Module, reference: torch.Tensor, settings: GuideSettings | None) -> None:
+    def __init__(
+        self,
+        transformer: nn.Module,
+        reference: torch.Tensor,
+        settings: GuideSettings | None,
+        scheduler_of: Callable[[], Any],
+    ) -> None:
         if not is_guided_transformer(transformer):
             raise UnsupportedModelError(
                 f"{type(transformer).__name__} is not a transformer the guided mode reads; it reads "
@@ -57,7 +85,7 @@ class GuidedTransformer:
         settings = settings or GuideSettings()
         self.transformer = transformer
         self._told: set[str] = set()
-        reader = FluxCalls()
+        reader = call_reader(transformer, scheduler_of)
         self.lock = LowBandLockHook(check_reference(reference, latent_channels(transformer)), settings, reader)
         self.views = None
         if settings.views > 0.0:

@@ -11,9 +11,9 @@ schedule. The
 pipeline is left as it was: HiDiffusion applied before the call keeps its own options for the
 run and is put back as it was, and a pipeline without it has none after.
 
-A Flux pipeline is upscaled as the node upscales a non-UNet: the native views and the lock on
-its transformer (:mod:`hidiff.diffusers.transformer`), without RAU-Net and MSW-MSA, and the
-size rounded to whole 2x2 patches.
+A Flux or SD3 pipeline is upscaled as the node upscales a non-UNet: the native views and the
+lock on its transformer (:mod:`hidiff.diffusers.transformer`), without RAU-Net and MSW-MSA,
+and the size rounded to whole patches.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..core.measured import SCHEDULE_NAMES
 from ..core.settings import GuideSettings
 from .install import ATTRIBUTE
 from .structure import unwrap_unet
-from .transformer import GuidedTransformer, is_guided_transformer, latent_channels
+from .transformer import GuidedTransformer, is_guided_transformer, latent_channels, patch_side
 
 
 def upscale(
@@ -44,7 +44,7 @@ def upscale(
     """Upscale native-size latents or an image ``scale`` times with one subject and new detail.
 
     Args:
-        pipe: a Stable Diffusion 1.x/2.x, SDXL or Flux text-to-image or image-to-image
+        pipe: a Stable Diffusion 1.x/2.x, SDXL, SD3 or Flux text-to-image or image-to-image
             pipeline; a text-to-image one is run as its image-to-image sibling on the same
             components (``AutoPipelineForImage2Image.from_pipe``).
         reference: the native-size latents (``pipe(..., output_type="latent").images``; a
@@ -71,16 +71,17 @@ def upscale(
     """
     model = _pipeline_model(pipe)
     _check_call(scale, strength, call_kwargs)
-    flux = is_guided_transformer(model)
-    latents = reference_latents(pipe, reference, latent_channels(model) if flux else int(model.config.out_channels))
+    dit = is_guided_transformer(model)
+    latents = reference_latents(pipe, reference, latent_channels(model) if dit else int(model.config.out_channels))
     size = upscaled_size(int(latents.shape[-2]), int(latents.shape[-1]), scale)
-    if flux:  # whole 2x2 patches
-        size = (2 * round(size[0] / 2), 2 * round(size[1] / 2))
+    if dit:  # whole patches
+        patch = patch_side(model)
+        size = (patch * round(size[0] / patch), patch * round(size[1] / patch))
     if size[0] <= latents.shape[-2] or size[1] <= latents.shape[-1]:
         raise ValueError(f"scale = {scale:g} does not enlarge a {tuple(latents.shape[-2:])} latent; use 3 or 4")
     started = upscale_reference(latents.float(), size).to(latents.dtype)
     image_pipe = image_to_image(pipe)
-    if flux:
+    if dit:
         return _upscale_on_transformer(pipe, image_pipe, model, latents, started, guide, strength, call_kwargs)
     return _upscale_on_unet(pipe, image_pipe, model, latents, started, guide, strength, call_kwargs)
 
@@ -122,9 +123,9 @@ def _upscale_on_transformer(
     call_kwargs: dict[str, Any],
 ) -> Any:
     """The lock and the views on the transformer for the image-to-image run, removed after.
-    The Flux image-to-image pipeline reads its size from ``height`` and ``width`` (a latent
-    ``image`` carries none), so they are the upscaled latent's in pixels."""
-    guided = GuidedTransformer(transformer, latents, guide)
+    The Flux and SD3 image-to-image pipelines read their size from ``height`` and ``width`` (a
+    latent ``image`` carries none), so they are the upscaled latent's in pixels."""
+    guided = GuidedTransformer(transformer, latents, guide, lambda: image_pipe.scheduler)
     factor = int(pipe.vae_scale_factor)
     guided.attach()
     try:
@@ -211,11 +212,11 @@ def _pipeline_model(pipe: Any) -> Any:
         return unwrap_unet(transformer)
     if transformer is not None:
         raise ValueError(
-            f"upscale takes Stable Diffusion, SDXL and Flux pipelines; {type(pipe).__name__} has a "
+            f"upscale takes Stable Diffusion, SDXL, SD3 and Flux pipelines; {type(pipe).__name__} has a "
             f"{type(transformer).__name__}, which the guided mode does not read"
         )
     raise ValueError(
-        f"upscale takes a Stable Diffusion, SDXL or Flux pipeline, got {type(pipe).__name__}; for a bare UNet use "
+        f"upscale takes a Stable Diffusion, SDXL, SD3 or Flux pipeline, got {type(pipe).__name__}; for a bare UNet use "
         "apply_hidiffusion(unet, reference=..., scheduler=...)"
     )
 

@@ -246,3 +246,23 @@ def flux_prompt(batch: int = 1) -> dict:
         "prompt_embeds": torch.randn(batch, TOKENS, FLUX_JOINT_DIM),
         "pooled_prompt_embeds": torch.randn(batch, FLUX_POOLED_DIM),
     }
+
+
+def sd3_pipeline(cls=None):
+    """An SD3 pipeline of class ``cls`` (default text-to-image): one joint block, heads of 8,
+    2x2 patches, SD3's scheduler config (shift 3)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    cls = cls or StableDiffusion3Pipeline
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=16, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=FLUX_JOINT_DIM, caption_projection_dim=16, pooled_projection_dim=FLUX_POOLED_DIM,
+        out_channels=16, pos_embed_max_size=32,
+    ).eval()  # fmt: skip
+    parts = {"scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0), "vae": flux_vae(), "transformer": transformer}
+    for k in ("", "_2", "_3"):
+        parts.update({f"text_encoder{k}": None, f"tokenizer{k}": None})
+    pipe = cls(**parts).to("cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

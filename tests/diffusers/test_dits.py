@@ -1,8 +1,9 @@
 # ruff: noqa: E402 (diffusers is imported after the skip)
-"""``upscale`` on a Flux pipeline (a tiny random FluxTransformer2DModel): the lock per call
-against the formula written here with σ (the timestep the pipeline hands the transformer)
-as the noise level; the native views on packed tokens; no RAU-Net or MSW-MSA, told once; the
-pipeline, the reference and the RNG left as they were; bad input refused before any call."""
+"""``upscale`` on Flux and SD3 pipelines (tiny random FluxTransformer2DModel and
+SD3Transformer2DModel): the lock per call against the formula written here with σ (the
+scheduler's sigma at the step) as the noise level; the native views (on packed tokens for
+Flux); no RAU-Net or MSW-MSA, told once; the pipeline, the reference and the RNG left as
+they were; bad input refused before any call."""
 
 from __future__ import annotations
 
@@ -22,29 +23,42 @@ from hidiff.core.settings import GuideSettings
 from hidiff.diffusers import UnsupportedModelError, apply_hidiffusion, upscale
 
 NATIVE_PX = 32
-"""The tiny Flux pipeline's native image side: 16 latent px (its VAE halves the side), 8x8 patches."""
+"""The tiny pipelines' native image side: 16 latent px (their VAE halves the side), 8x8 patches."""
 NATIVE = 16
 SCALE = 3
 STEPS = 3
 CHANNELS = 16
 
 
+FAMILIES = ("flux", "sd3")
+
+
+def pipeline_and_prompt(helpers, family):
+    pipe = helpers.flux_pipeline() if family == "flux" else helpers.sd3_pipeline()
+    return pipe, helpers.flux_prompt()  # the tiny SD3's widths are the tiny Flux's
+
+
+def as_latent(pipe, latents: torch.Tensor, side_px: int) -> torch.Tensor:
+    """A pipeline's latents as (batch, channels, h, w): a Flux pipeline's unpacked with its own
+    ``_unpack_latents``, an SD3 pipeline's as they are."""
+    if latents.ndim == 4:
+        return latents
+    return pipe._unpack_latents(latents, side_px, side_px, pipe.vae_scale_factor)
+
+
 def native_latents(helpers, pipe, prompt) -> torch.Tensor:
-    """The native sample, unpacked with the pipeline's own ``_unpack_latents``."""
-    packed = helpers.run(pipe, prompt, STEPS, size=NATIVE_PX, seed=5)
-    return pipe._unpack_latents(packed, NATIVE_PX, NATIVE_PX, pipe.vae_scale_factor)
+    return as_latent(pipe, helpers.run(pipe, prompt, STEPS, size=NATIVE_PX, seed=5), NATIVE_PX)
 
 
 def upscaled(pipe, reference, prompt, seed=7, **kwargs) -> torch.Tensor:
-    """``upscale``'s latents, unpacked."""
+    """``upscale``'s latents, (batch, channels, h, w)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        packed = upscale(
+        images = upscale(
             pipe, reference, SCALE, **prompt, num_inference_steps=STEPS, guidance_scale=1.0, generator=generator,
             output_type="latent", **kwargs,
         ).images  # fmt: skip
-    side = NATIVE_PX * SCALE
-    return pipe._unpack_latents(packed, side, side, pipe.vae_scale_factor)
+    return as_latent(pipe, images, NATIVE_PX * SCALE)
 
 
 def low(x: torch.Tensor) -> torch.Tensor:
@@ -53,15 +67,17 @@ def low(x: torch.Tensor) -> torch.Tensor:
     return functional.interpolate(small, size=x.shape[-2:], mode="bicubic", align_corners=False)
 
 
-def test_the_lock_on_a_flux_transformer_follows_the_formula_at_every_call(helpers):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_lock_on_a_dit_follows_the_formula_at_every_call(helpers, family):
     """At every large call the velocity handed to the scheduler is the transformer's own with
     its x0 = x − σ·v moved by g(σ) · (low(upscaled reference) − low(x0)), g = (½(1 + cos π(1 − σ)))³
-    and σ the timestep the pipeline passes (the scheduler's sigma); far from no lock."""
-    pipe, prompt = helpers.flux_pipeline(), helpers.flux_prompt()
+    and σ the scheduler's sigma at the step (its timestep / 1000); far from no lock."""
+    pipe, prompt = pipeline_and_prompt(helpers, family)
     reference = native_latents(helpers, pipe, prompt)
     raw: list[torch.Tensor] = []
     stepped: list[tuple[torch.Tensor, float, torch.Tensor]] = []
-    pipe.transformer.proj_out.register_forward_hook(lambda _m, _a, out: raw.append(out.detach().clone()))
+    # registered before upscale's hooks, so it sees the transformer's own output
+    pipe.transformer.register_forward_hook(lambda _m, _a, out: raw.append(out[0].detach().clone()))
     step = pipe.scheduler.step
 
     def recording_step(model_output, timestep, sample, **kwargs):
@@ -74,8 +90,8 @@ def test_the_lock_on_a_flux_transformer_follows_the_formula_at_every_call(helper
     side = NATIVE_PX * SCALE
     target = low(functional.interpolate(reference, scale_factor=SCALE, mode="bicubic", align_corners=False))
 
-    def unpack(tokens):
-        return pipe._unpack_latents(tokens, side, side, pipe.vae_scale_factor)
+    def unpack(latents):
+        return as_latent(pipe, latents, side)
 
     gaps = []
     for velocity, (result, sigma, sample) in zip(raw, stepped, strict=True):
@@ -89,27 +105,32 @@ def test_the_lock_on_a_flux_transformer_follows_the_formula_at_every_call(helper
     assert max(gaps) > 100 * 1e-4, f"the lock must move the velocity far more than the tolerance: {gaps}"
 
 
-def test_the_views_denoise_packed_native_views_and_no_hidiffusion_is_told_once(helpers, caplog):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_views_denoise_native_views_and_no_hidiffusion_is_told_once(helpers, caplog, family):
     """The transformer sees only the 9 native-size views of the 3x latent (8x8 patches each),
     never the whole; RAU-Net and MSW-MSA are said not to apply, once; the views change the result."""
-    pipe, prompt = helpers.flux_pipeline(), helpers.flux_prompt()
+    pipe, prompt = pipeline_and_prompt(helpers, family)
     reference = native_latents(helpers, pipe, prompt)
     seen: list[tuple[int, ...]] = []
-    hook = pipe.transformer.x_embedder.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+    embedder = pipe.transformer.x_embedder if family == "flux" else pipe.transformer.pos_embed
+    hook = embedder.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
     with caplog.at_level(logging.INFO, logger="hidiffusion"):
         with_views = upscaled(pipe, reference, prompt)
     hook.remove()
-    assert seen and set(seen) == {(SCALE * SCALE, (NATIVE // 2) ** 2, 4 * CHANNELS)}, set(seen)
+    view = (SCALE * SCALE, (NATIVE // 2) ** 2, 4 * CHANNELS) if family == "flux" else (9, CHANNELS, NATIVE, NATIVE)
+    assert seen and set(seen) == {view}, set(seen)
     told = [r.getMessage() for r in caplog.records if "without RAU-Net and MSW-MSA" in r.getMessage()]
-    assert len(told) == 1 and "FluxTransformer2DModel is not a UNet" in told[0], told
+    name = "FluxTransformer2DModel" if family == "flux" else "SD3Transformer2DModel"
+    assert len(told) == 1 and f"{name} is not a UNet" in told[0], told
     assert with_views.shape == (1, CHANNELS, NATIVE * SCALE, NATIVE * SCALE)
     assert (with_views - upscaled(pipe, reference, prompt, guide=GuideSettings(views=0.0))).abs().max() > 0.05
 
 
-def test_the_result_keeps_the_reference_low_band(helpers):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_result_keeps_the_reference_low_band(helpers, family):
     """With the lock at full weight to the end (exponent 0) the result's low band is the
     upscaled reference's; with the lock off (strength 0) it is far from it."""
-    pipe, prompt = helpers.flux_pipeline(), helpers.flux_prompt()
+    pipe, prompt = pipeline_and_prompt(helpers, family)
     reference = native_latents(helpers, pipe, prompt)
     target = low(functional.interpolate(reference, scale_factor=SCALE, mode="bicubic", align_corners=False))
     locked = upscaled(pipe, reference, prompt, guide=GuideSettings(exponent=0.0))
@@ -119,10 +140,11 @@ def test_the_result_keeps_the_reference_low_band(helpers):
     assert locked_error < 0.1 * free_error, (locked_error, free_error)
 
 
-def test_the_pipeline_the_reference_and_the_rng_are_left_as_they_were(helpers):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_pipeline_the_reference_and_the_rng_are_left_as_they_were(helpers, family):
     """No hook stays on the transformer, sampling after is bit-identical, the reference and the
     RNG are untouched, and the same seed gives the same result; also after a failed call."""
-    pipe, prompt = helpers.flux_pipeline(), helpers.flux_prompt()
+    pipe, prompt = pipeline_and_prompt(helpers, family)
     reference = native_latents(helpers, pipe, prompt)
     kept = reference.clone()
     large = helpers.run(pipe, prompt, STEPS, size=NATIVE_PX * SCALE)
@@ -134,14 +156,18 @@ def test_the_pipeline_the_reference_and_the_rng_are_left_as_they_were(helpers):
     assert not pipe.transformer._forward_hooks and not pipe.transformer._forward_pre_hooks
     torch.testing.assert_close(helpers.run(pipe, prompt, STEPS, size=NATIVE_PX * SCALE), large, rtol=0, atol=0)
     torch.testing.assert_close(upscaled(pipe, reference, prompt), first, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="max_sequence_length"):  # the pipeline's own check, after the hooks are on
-        upscale(pipe, reference, SCALE, **prompt, max_sequence_length=1000, output_type="latent")
+    with pytest.raises(ValueError, match="max_sequence_length|prompt_embeds"):  # the pipeline's own check, hooks on
+        if family == "flux":
+            upscale(pipe, reference, SCALE, **prompt, max_sequence_length=1000, output_type="latent")
+        else:
+            upscale(pipe, reference, SCALE, prompt_embeds=prompt["prompt_embeds"], output_type="latent")
     assert not pipe.transformer._forward_hooks and not pipe.transformer._forward_pre_hooks
 
 
-def test_an_image_reference_is_its_vae_encoding_with_the_shift_factor(helpers):
-    """An image is encoded as the Flux image-to-image pipeline encodes one: (mode − shift) · scale."""
-    pipe, prompt = helpers.flux_pipeline(), helpers.flux_prompt()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_image_reference_is_its_vae_encoding_with_the_shift_factor(helpers, family):
+    """An image is encoded as the Flux and SD3 image-to-image pipelines encode one: (mode − shift) · scale."""
+    pipe, prompt = pipeline_and_prompt(helpers, family)
     torch.manual_seed(4)
     image = torch.rand(1, 3, NATIVE_PX, NATIVE_PX)
     with torch.no_grad():
@@ -155,10 +181,8 @@ def test_an_image_reference_is_its_vae_encoding_with_the_shift_factor(helpers):
 
 def test_bad_input_is_refused_before_any_transformer_call(helpers):
     """Packed latents (what output_type='latent' gives) name the unpacking; latents of other
-    channels, a DiT the guided mode does not read, and HiDiffusion itself on a Flux pipeline
-    are refused, naming what is valid."""
-    from diffusers import SD3Transformer2DModel
-
+    channels, a transformer the guided mode does not read, and HiDiffusion itself on a Flux
+    pipeline are refused, naming what is valid."""
     pipe, prompt = helpers.flux_pipeline(), helpers.flux_prompt()
     calls: list[int] = []
     pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -169,13 +193,9 @@ def test_bad_input_is_refused_before_any_transformer_call(helpers):
         upscale(pipe, torch.zeros(1, 4, NATIVE, NATIVE), SCALE, **prompt)
     with pytest.raises(ValueError, match="scale must be a number above 1"):
         upscale(pipe, torch.zeros(1, CHANNELS, NATIVE, NATIVE), 1.0, **prompt)
-    torch.manual_seed(0)
-    sd3 = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32, out_channels=4,
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="takes Stable Diffusion, SDXL and Flux pipelines; .* SD3Transformer2DModel"):
-        upscale(types.SimpleNamespace(transformer=sd3), torch.zeros(1, 4, 8, 8), SCALE)
+    other = types.SimpleNamespace(transformer=torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="takes Stable Diffusion, SDXL, SD3 and Flux pipelines; .* Linear"):
+        upscale(other, torch.zeros(1, 4, 8, 8), SCALE)
     with pytest.raises(UnsupportedModelError, match=r"not a UNet.*upscale\(\)"):
         apply_hidiffusion(pipe)
     assert calls == []

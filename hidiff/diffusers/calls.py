@@ -40,6 +40,7 @@ SD3_RESIDUAL_KEYS = ("block_controlnet_hidden_states",)
 FLUX_PER_SAMPLE_KEYS = ("encoder_hidden_states", "pooled_projections", "timestep", "guidance")
 """A Flux call's arguments with one row per sample (repeated per view); ``txt_ids`` and
 ``img_ids`` are per token, not per sample."""
+SD3_PER_SAMPLE_KEYS = ("encoder_hidden_states", "pooled_projections", "timestep")
 
 
 class Prediction(Protocol):
@@ -131,7 +132,17 @@ class CallReader(Protocol):
     def views_refused(self, call: Call, stride: int, module: Any, kwargs: dict) -> tuple[str, str] | None: ...
 
 
-class UNetCalls:
+class LatentCalls:
+    """The output of a model that takes and returns the latent as it is (no patch tokens)."""
+
+    def output_latent(self, output: Any, size: tuple[int, int]) -> torch.Tensor:
+        return main_tensor(output)
+
+    def with_output(self, output: Any, latent: torch.Tensor) -> Any:
+        return replace_main(output, latent.to(main_tensor(output).dtype))
+
+
+class UNetCalls(LatentCalls):
     """A ``UNet2DConditionModel``'s calls: the sample as it is, the scheduler's prediction type."""
 
     def __init__(self, scheduler_of: Callable[[], Any]) -> None:
@@ -145,12 +156,6 @@ class UNetCalls:
         step = timestep_value(timestep)
         prediction = NoisePrediction(alpha_bar_at(scheduler, step), scheduler.config.prediction_type)
         return Call(sample, step / scheduler.config.num_train_timesteps, prediction)
-
-    def output_latent(self, output: Any, size: tuple[int, int]) -> torch.Tensor:
-        return main_tensor(output)
-
-    def with_output(self, output: Any, latent: torch.Tensor) -> Any:
-        return replace_main(output, latent.to(main_tensor(output).dtype))
 
     def views_arguments(
         self, views_in: torch.Tensor, batch: int, stride: int, args: tuple, kwargs: dict
@@ -208,11 +213,7 @@ class FluxCalls:
     ) -> tuple[tuple, dict]:
         """The views packed as the tokens, ``img_ids`` of the view's grid, the prompt, pooled
         projection, timestep and guidance repeated per view."""
-        views_kwargs = dict(kwargs)
-        for key in FLUX_PER_SAMPLE_KEYS:
-            value = kwargs.get(key)
-            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch:
-                views_kwargs[key] = repeat_per_view(value, stride)
+        views_kwargs = repeated_per_view(kwargs, FLUX_PER_SAMPLE_KEYS, batch, stride)
         views_kwargs["img_ids"] = grid_ids(views_in.shape[-2] // 2, views_in.shape[-1] // 2, kwargs["img_ids"])
         tokens = pack(views_in)
         if args:
@@ -225,7 +226,7 @@ class FluxCalls:
         return patch_refusal(call, stride, 2)
 
 
-class SD3Calls:
+class SD3Calls(LatentCalls):
     """An ``SD3Transformer2DModel``'s calls: the latent as it is, the rectified-flow velocity,
     ``σ · num_train_timesteps`` of the scheduler as the timestep."""
 
@@ -247,21 +248,11 @@ class SD3Calls:
             return None
         return Call(latent, min(sigma, 1.0), VelocityPrediction(sigma))
 
-    def output_latent(self, output: Any, size: tuple[int, int]) -> torch.Tensor:
-        return main_tensor(output)
-
-    def with_output(self, output: Any, latent: torch.Tensor) -> Any:
-        return replace_main(output, latent.to(main_tensor(output).dtype))
-
     def views_arguments(
         self, views_in: torch.Tensor, batch: int, stride: int, args: tuple, kwargs: dict
     ) -> tuple[tuple, dict]:
         """The views as the latent; the prompt, pooled projection and timestep repeated per view."""
-        views_kwargs = dict(kwargs)
-        for key in ("encoder_hidden_states", "pooled_projections", "timestep"):
-            value = kwargs.get(key)
-            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch:
-                views_kwargs[key] = repeat_per_view(value, stride)
+        views_kwargs = repeated_per_view(kwargs, SD3_PER_SAMPLE_KEYS, batch, stride)
         if args:
             return (views_in,), views_kwargs
         return (), {**views_kwargs, "hidden_states": views_in}
@@ -270,6 +261,16 @@ class SD3Calls:
         if any(kwargs.get(key) is not None for key in SD3_RESIDUAL_KEYS):
             return "views_controlnet", "a ControlNet guides the large calls; they run without native views"
         return patch_refusal(call, stride, self.patch_size)
+
+
+def repeated_per_view(kwargs: dict, keys: tuple[str, ...], batch: int, stride: int) -> dict:
+    """``kwargs`` with each per-sample tensor among ``keys`` repeated per view."""
+    views_kwargs = dict(kwargs)
+    for key in keys:
+        value = kwargs.get(key)
+        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch:
+            views_kwargs[key] = repeat_per_view(value, stride)
+    return views_kwargs
 
 
 def patch_refusal(call: Call, stride: int, patch: int) -> tuple[str, str] | None:

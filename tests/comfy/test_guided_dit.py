@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 (torch convention)
 from test_guided_comfy import Recorder, with_post_cfg
-from test_msw_msa_comfy import tiny_flux
+from test_msw_msa_comfy import seeded_model, tiny_flux
 
 NATIVE = 16
 """The native latent's side (128 px); Flux cuts it into 2x2 patches."""
@@ -50,8 +50,6 @@ def sample(model, latent, *, steps: int = 3, sampler: str = "euler", seed: int =
 def tiny_sd3(weight_seed: int = 1234):
     """A tiny SD3 MMDiT (2 joint blocks: hidden 128, 2 heads) with seeded random weights, through
     ComfyUI's own SD3 class (its discrete-flow sampling at shift 3, its 16-channel latent format)."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
     import comfy.supported_models
 
     config = {
@@ -66,40 +64,20 @@ def tiny_sd3(weight_seed: int = 1234):
         "num_patches": 1024,
         "dtype": torch.float32,
     }
-    model_config = comfy.supported_models.SD3(config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
-    generator = torch.Generator().manual_seed(weight_seed)  # ComfyUI's layers skip init: set every weight,
-    with torch.no_grad():  # and the position table, an empty buffer a checkpoint fills
-        for tensor in [*model.parameters(), model.diffusion_model.pos_embed]:
-            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
-    return comfy.model_patcher.ModelPatcher(
-        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
-    )
+    return seeded_model(comfy.supported_models.SD3(config), weight_seed, buffers=("pos_embed",))
 
 
 def tiny_auraflow(weight_seed: int = 1234):
     """A tiny AuraFlow MMDiT (one joint and one single block, width 64) with seeded random
     weights, through ComfyUI's own AuraFlow class (discrete flow at shift 1.73, SDXL's 4-channel
     latent format)."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
     import comfy.supported_models
 
     config = {
         "cond_seq_dim": 32, "in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 64, "n_layers": 2,
         "n_double_layers": 1, "n_heads": 2, "global_conddim": 64, "max_seq": 1024, "dtype": torch.float32,
     }  # fmt: skip
-    model_config = comfy.supported_models.AuraFlow(config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
-    generator = torch.Generator().manual_seed(weight_seed)  # ComfyUI's layers skip init: set every weight
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    return comfy.model_patcher.ModelPatcher(
-        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
-    )
+    return seeded_model(comfy.supported_models.AuraFlow(config), weight_seed)
 
 
 def flux_level(model, sigma: float) -> float:

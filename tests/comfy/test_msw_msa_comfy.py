@@ -411,8 +411,6 @@ def test_simple_node_refuses_a_model_type_that_does_not_fit(pack):
 def tiny_flux(weight_seed: int = 1234):
     """A tiny Flux (one double and one single block) with seeded random weights."""
     import comfy.ldm.flux.model
-    import comfy.model_management as mm
-    import comfy.model_patcher
     import comfy.supported_models
 
     config = {
@@ -435,13 +433,22 @@ def tiny_flux(weight_seed: int = 1234):
     }
     if "txt_ids_dims" in comfy.ldm.flux.model.FluxParams.__dataclass_fields__:  # ComfyUI 0.33.0 and newer
         config["txt_ids_dims"] = []
-    model_config = comfy.supported_models.Flux(config)
+    return seeded_model(comfy.supported_models.Flux(config), weight_seed)
+
+
+def seeded_model(model_config, weight_seed: int, buffers: tuple[str, ...] = ()):
+    """The fp32 model of a ComfyUI ``model_config`` in a ModelPatcher, every weight (and the named
+    buffers of its diffusion model, which a checkpoint would fill) drawn from a seeded generator:
+    ComfyUI's layers skip init."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
-    generator = torch.Generator().manual_seed(weight_seed)  # ComfyUI's layers skip init: set every weight
+    generator = torch.Generator().manual_seed(weight_seed)
     with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+        for tensor in [*model.parameters(), *(getattr(model.diffusion_model, name) for name in buffers)]:
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
     return comfy.model_patcher.ModelPatcher(
         model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
     )

@@ -68,7 +68,7 @@ def sdxl_unet(channels: tuple[int, ...] = (16, 32, 32), sample_size: int = 16, i
     ).eval()
 
 
-def tiny_vae():
+def tiny_vae(latent_channels: int = 4, **config):
     """A two-level VAE: latents are half the image size."""
     from diffusers import AutoencoderKL
 
@@ -79,9 +79,10 @@ def tiny_vae():
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         layers_per_block=1,
+        **config,
     ).eval()
 
 
@@ -205,23 +206,7 @@ def flux_transformer():
 
 def flux_vae():
     """A two-level VAE with Flux's 16 latent channels and a shift factor."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        block_out_channels=(8, 8),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=16,
-        norm_num_groups=8,
-        layers_per_block=1,
-        shift_factor=0.1,
-        scaling_factor=0.5,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    ).eval()
+    return tiny_vae(16, shift_factor=0.1, scaling_factor=0.5, use_quant_conv=False, use_post_quant_conv=False)
 
 
 def flux_pipeline(cls=None):

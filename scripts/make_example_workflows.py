@@ -149,10 +149,10 @@ def text_to_image(
     ]
 
 
-def decode_tiled(vae: Ref) -> Node:
-    """VAE Decode (Tiled) of the second KSampler's latent, in column 6: a 2048-4096 px latent
-    decoded within a consumer GPU's memory."""
-    return node("decode", "VAEDecodeTiled", 6, samples=Ref("sampler", "LATENT"), vae=vae, tile_size=1024,
+def decode_tiled(vae: Ref, column: int = 6) -> Node:
+    """VAE Decode (Tiled) of the second KSampler's latent (in column 6 unless given): a
+    2048-4096 px latent decoded within a consumer GPU's memory."""
+    return node("decode", "VAEDecodeTiled", column, samples=Ref("sampler", "LATENT"), vae=vae, tile_size=1024,
                 overlap=64, temporal_size=64, temporal_overlap=8)  # fmt: skip
 
 
@@ -467,7 +467,9 @@ def flux_hires_fix(
 ) -> list[Node]:
     """Flux dev's loaders (diffusion model, its two text encoders, its VAE), the prompt with
     Flux guidance and a zeroed negative (CFG 1), the native-size latent drawn by a KSampler,
-    HiDiffusion Hires Fix, a KSampler at denoise 1 on both of its outputs, tiled decode, save."""
+    HiDiffusion Hires Fix, a KSampler at denoise 1 on both of its outputs, tiled decode, save.
+    Six columns (the prompt's nodes stacked, the save under the decode), so the whole graph
+    fits the browser at a zoom where the frontend draws the widgets."""
     settings = {"cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}
     return [
         node("unet", "UNETLoader", 0, unet_name=FLUX_UNET, weight_dtype="default"),
@@ -483,16 +485,16 @@ def flux_hires_fix(
         ),
         node("vae", "VAELoader", 0, row=2, vae_name=FLUX_VAE),
         node("text", "CLIPTextEncode", 1, "Prompt", text=positive, clip=Ref("clip", "CLIP")),
-        node("pos", "FluxGuidance", 2, conditioning=Ref("text", "CONDITIONING"), guidance=3.5),
-        node("neg", "ConditioningZeroOut", 2, row=0.5, conditioning=Ref("text", "CONDITIONING")),
-        node("latent", "EmptySD3LatentImage", 2, row=1, width=native, height=native, batch_size=1),
+        node("pos", "FluxGuidance", 1, row=1, conditioning=Ref("text", "CONDITIONING"), guidance=3.5),
+        node("neg", "ConditioningZeroOut", 1, row=2, conditioning=Ref("text", "CONDITIONING")),
+        node("latent", "EmptySD3LatentImage", 1, row=3, width=native, height=native, batch_size=1),
         ksampler(
-            "first", 3, Ref("unet", "MODEL"), Ref("latent", "LATENT"), "KSampler (native size)", steps=steps, **settings
+            "first", 2, Ref("unet", "MODEL"), Ref("latent", "LATENT"), "KSampler (native size)", steps=steps, **settings
         ),  # fmt: skip
         node(
             "hires",
             "HiDiffusionHiresFix",
-            4,
+            3,
             model=Ref("unet", "MODEL"),
             latent=Ref("first", "LATENT"),
             scale_by=scale_by,
@@ -502,15 +504,15 @@ def flux_hires_fix(
         ),  # fmt: skip
         ksampler(
             "sampler",
-            5,
+            4,
             Ref("hires", "MODEL"),
             Ref("hires", "LATENT"),
             "KSampler (target size, denoise 1)",
             steps=large_steps,
             **settings,
         ),  # fmt: skip
-        decode_tiled(Ref("vae", "VAE")),
-        node("save", "SaveImage", 7, images=Ref("decode", "IMAGE"), filename_prefix=prefix),
+        decode_tiled(Ref("vae", "VAE"), column=5),
+        node("save", "SaveImage", 5, row=1, images=Ref("decode", "IMAGE"), filename_prefix=prefix),
     ]
 
 

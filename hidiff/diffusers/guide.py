@@ -63,10 +63,14 @@ class LowBandLockHook:
         self.call_of: Callable[[tuple, dict], Call | None] = reader.read
         """The call as it was made (the native views, which may hand the model their views
         instead, set their own)."""
+        self.on_unread: Callable[[], None] | None = None
+        """Called for a call the reader cannot read, which runs as it is (to tell the run once)."""
 
     def __call__(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
         call = self.call_of(args, kwargs)
         if call is None:
+            if self.on_unread is not None:
+                self.on_unread()
             return output
         height, width = int(call.latent.shape[-2]), int(call.latent.shape[-1])
         if not self.applies_to(height, width):

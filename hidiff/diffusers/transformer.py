@@ -87,6 +87,12 @@ class GuidedTransformer:
         self._told: set[str] = set()
         reader = call_reader(transformer, scheduler_of)
         self.lock = LowBandLockHook(check_reference(reference, latent_channels(transformer)), settings, reader)
+        self.lock.on_unread = lambda: self._tell_once(
+            "unread",
+            f"{type(transformer).__name__} was called with what the guided mode cannot read (tokens that are not "
+            "one plain image grid, such as a reference image's appended, or arguments by position); those calls "
+            "run without the lock and the native views",
+        )
         self.views = None
         if settings.views > 0.0:
             size = (int(reference.shape[-2]), int(reference.shape[-1]))

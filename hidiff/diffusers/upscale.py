@@ -18,7 +18,9 @@ and the size rounded to whole patches.
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -81,22 +83,16 @@ def upscale(
         raise ValueError(f"scale = {scale:g} does not enlarge a {tuple(latents.shape[-2:])} latent; use 3 or 4")
     started = upscale_reference(latents.float(), size).to(latents.dtype)
     image_pipe = image_to_image(pipe)
+    sample = functools.partial(image_pipe, image=started, strength=strength, **call_kwargs)
     if dit:
-        return _upscale_on_transformer(pipe, image_pipe, model, latents, started, guide, strength, call_kwargs)
-    return _upscale_on_unet(pipe, image_pipe, model, latents, started, guide, strength, call_kwargs)
+        return _upscale_on_transformer(pipe, image_pipe, model, latents, guide, sample, size)
+    return _upscale_on_unet(pipe, model, latents, guide, sample)
 
 
 def _upscale_on_unet(
-    pipe: Any,
-    image_pipe: Any,
-    unet: Any,
-    latents: torch.Tensor,
-    started: torch.Tensor,
-    guide: GuideSettings | None,
-    strength: float,
-    call_kwargs: dict[str, Any],
+    pipe: Any, unet: Any, latents: torch.Tensor, guide: GuideSettings | None, sample: Callable[..., Any]
 ) -> Any:
-    """HiDiffusion with the lock and the views for the image-to-image run, then the
+    """HiDiffusion with the lock and the views for the image-to-image run ``sample``, then the
     pipeline's own HiDiffusion (or none) back."""
     from . import apply_hidiffusion, remove_hidiffusion
 
@@ -104,7 +100,7 @@ def _upscale_on_unet(
     switches, options = _switches_and_options(previous)
     try:
         apply_hidiffusion(pipe, *switches, **{**options, "reference": latents, "guide": guide})
-        return image_pipe(image=started, strength=strength, **call_kwargs)
+        return sample()
     finally:  # whatever failed, the pipeline's own HiDiffusion (or none) comes back
         remove_hidiffusion(pipe)
         if previous is not None:
@@ -117,25 +113,18 @@ def _upscale_on_transformer(
     image_pipe: Any,
     transformer: Any,
     latents: torch.Tensor,
-    started: torch.Tensor,
     guide: GuideSettings | None,
-    strength: float,
-    call_kwargs: dict[str, Any],
+    sample: Callable[..., Any],
+    size: tuple[int, int],
 ) -> Any:
-    """The lock and the views on the transformer for the image-to-image run, removed after.
-    The Flux and SD3 image-to-image pipelines read their size from ``height`` and ``width`` (a
-    latent ``image`` carries none), so they are the upscaled latent's in pixels."""
+    """The lock and the views on the transformer for the image-to-image run ``sample``, removed
+    after. The Flux and SD3 image-to-image pipelines read their size from ``height`` and
+    ``width`` (a latent ``image`` carries none), so they are the upscaled latent ``size`` in pixels."""
     guided = GuidedTransformer(transformer, latents, guide, lambda: image_pipe.scheduler)
     factor = int(pipe.vae_scale_factor)
     guided.attach()
     try:
-        return image_pipe(
-            image=started,
-            strength=strength,
-            height=int(started.shape[-2]) * factor,
-            width=int(started.shape[-1]) * factor,
-            **call_kwargs,
-        )
+        return sample(height=size[0] * factor, width=size[1] * factor)
     finally:
         guided.detach()
 

@@ -84,8 +84,9 @@ class NativeViews:
         return self.inner or (self.call is not None and self.call.replaced)
 
     def call_of(self, args: tuple, kwargs: dict) -> Call | None:
-        """The call as it was made (for the lock after the views)."""
-        if self.call is not None and self.call.replaced and not self.inner:
+        """The call as it was made (for the lock after the views): the one the pre-hook read,
+        else read now (a call the views do not serve)."""
+        if self.call is not None and not self.inner:
             return self.call.large
         return self.reader.read(args, kwargs)
 

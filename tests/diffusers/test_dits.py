@@ -199,3 +199,32 @@ def test_bad_input_is_refused_before_any_transformer_call(helpers):
     with pytest.raises(UnsupportedModelError, match=r"not a UNet.*upscale\(\)"):
         apply_hidiffusion(pipe)
     assert calls == []
+
+
+def test_a_flux_call_that_is_not_one_plain_image_grid_runs_as_it_is_told_once(helpers, caplog):
+    """Tokens laid out by other ``img_ids`` (a reference image's, as Kontext appends them) are
+    not read: the call's output is the transformer's own, and the run is told once."""
+    from hidiff.diffusers.calls import grid_ids
+    from hidiff.diffusers.transformer import GuidedTransformer
+
+    pipe, prompt = pipeline_and_prompt(helpers, "flux")
+    transformer = pipe.transformer
+    tokens = torch.randn(1, 2 * (NATIVE // 2) ** 2, 4 * CHANNELS, generator=torch.Generator().manual_seed(3))
+    ids = grid_ids(NATIVE, NATIVE // 2, tokens)  # a 2x taller grid...
+    ids[(NATIVE // 2) ** 2 :, 0] = 1  # ...whose second half is another image's
+    call = {
+        "hidden_states": tokens, "encoder_hidden_states": prompt["prompt_embeds"],
+        "pooled_projections": prompt["pooled_prompt_embeds"], "timestep": torch.tensor([0.9]), "img_ids": ids,
+        "txt_ids": torch.zeros(prompt["prompt_embeds"].shape[1], 3),
+    }  # fmt: skip
+    with torch.no_grad():
+        own = transformer(**call).sample
+        guided = GuidedTransformer(transformer, torch.randn(1, CHANNELS, 4, 4), None, lambda: pipe.scheduler)
+        guided.attach()
+        with caplog.at_level(logging.INFO, logger="hidiffusion"):
+            first, second = transformer(**call).sample, transformer(**call).sample
+        guided.detach()
+    torch.testing.assert_close(first, own, rtol=0, atol=0)
+    torch.testing.assert_close(second, own, rtol=0, atol=0)
+    told = [r.getMessage() for r in caplog.records if "cannot read" in r.getMessage()]
+    assert len(told) == 1, told

@@ -24,7 +24,7 @@ from ..core.schedule import current_sigma
 from ..core.settings import GuideSettings
 from ..log import logger
 from .patch_base import GUIDE, SharedPatch, effect_of
-from .run_state import install_run_state, run_state, sampling_percent
+from .run_state import install_run_state, noise_level, run_state
 
 EFFECT = GUIDE
 POST_CFG = "sampler_post_cfg_function"
@@ -64,8 +64,7 @@ class LowBandLock(SharedPatch):
                 logger.debug(message)
             return denoised
         sigma = current_sigma(args["sigma"])
-        percent = sampling_percent(state, sigma, args["model"].model_sampling.percent_to_sigma)
-        weight = lock_weight(1.0 - percent, self.settings)
+        weight = lock_weight(noise_level(state, sigma, args["model"].model_sampling), self.settings)
         if weight == 0.0:
             return denoised
         target = self.reference_low(args["model"], denoised, state)

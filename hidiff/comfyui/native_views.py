@@ -22,7 +22,7 @@ from ..core.schedule import current_sigma
 from ..core.settings import GuideSettings
 from ..log import logger
 from .patch_base import VIEWS, SharedPatch
-from .run_state import guide_call_options, install_run_state, run_state, sampling_percent
+from .run_state import guide_call_options, install_run_state, noise_level, run_state
 
 EFFECT = VIEWS
 
@@ -63,7 +63,7 @@ class NativeViews(SharedPatch):
             message = f"HiDiffusion Hires Fix: {problem}; those calls run without native views"
             state.tell_once(message) if state is not None else logger.debug(message)
             return large()
-        level = 1.0 - sampling_percent(state, current_sigma(t), executor.class_obj.model_sampling.percent_to_sigma)
+        level = noise_level(state, current_sigma(t), executor.class_obj.model_sampling)
         batch, stride = x.shape[0], self.stride
 
         def per_view(value: Any) -> Any:

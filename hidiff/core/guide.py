@@ -47,7 +47,8 @@ def upscale_reference(reference: torch.Tensor, size: tuple[int, int]) -> torch.T
 
 
 def lock_weight(noise_level: float, settings: GuideSettings) -> float:
-    """``g`` at a noise level in [0, 1] (1 = pure noise, 0 = clean; 1 − the sampling percent)."""
+    """``g`` at a noise level in [0, 1] (1 = pure noise, 0 = clean: 1 − the sampling percent, or
+    sigma itself on a rectified-flow model)."""
     level = min(max(noise_level, 0.0), 1.0)
     cosine = 0.5 * (1.0 + math.cos(math.pi * (1.0 - level)))
     return settings.strength * cosine**settings.exponent

@@ -24,7 +24,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional
 
-from .scenes import EYES, HEIGHT_RANGE, MASK, PARTS, STRUCTURE
+from .scenes import EYES, HEIGHT_RANGE, MASK, PARTS, STRUCTURE, UNET_FACES, Subject
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 MIN_SUBJECT_FRACTION = 0.25
@@ -59,16 +59,20 @@ class Reading:
         return self.subjects - self.well_formed
 
 
+def smallest_subject(native: int) -> Subject:
+    """The smallest training subject for a native frame side, with the smaller (UNet) faces:
+    the thresholds below hold for every layout's scenes."""
+    return Subject(0.0, 0.0, HEIGHT_RANGE[0] * native, 0.0, 0.0, UNET_FACES)
+
+
 def smallest_subject_area(native: int) -> float:
     """Pixel area of the smallest training subject for a native frame side (its body and head)."""
-    height = HEIGHT_RANGE[0] * native
-    body = math.pi * (0.30 * height) * (0.22 * height)
-    head = math.pi * (0.22 * height) ** 2
-    return body + head
+    subject = smallest_subject(native)
+    return math.pi * math.prod(subject.body) + smallest_head_area(native)
 
 
 def smallest_head_area(native: int) -> float:
-    return math.pi * (0.22 * HEIGHT_RANGE[0] * native) ** 2
+    return math.pi * smallest_subject(native).head_radius ** 2
 
 
 def read(image: torch.Tensor, native: int) -> Reading:

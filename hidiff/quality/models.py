@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from .scenes import DIT_FACES, UNET_FACES, Proportions
+
 NATIVE = {"sdxl": 32, "sd15": 24, "flux": 32}
 """The side of each layout's training scenes, in latent pixels (x8 for its "image" size).
 The SD1.5 layout's is 24: its full-resolution level has self-attention, whose cost grows
@@ -110,6 +112,11 @@ DITS = ("flux",)
 """The layouts that are DiTs (trained on the rectified-flow objective, not epsilon)."""
 UNET_LAYOUTS = tuple(name for name in LAYOUT_NAMES if name not in DITS)
 """The UNet layouts (the diffusers lab loads these into diffusers' UNet)."""
+
+
+def face_of(layout: str) -> Proportions:
+    """The faces a layout's scenes draw (:data:`hidiff.quality.scenes.DIT_FACES` for the DiTs)."""
+    return DIT_FACES if layout in DITS else UNET_FACES
 
 
 def context(batch: int = 1) -> torch.Tensor:

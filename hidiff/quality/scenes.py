@@ -37,6 +37,29 @@ EYE_GAP = 0.55
 head radius off the axis; on heads of radius below 2.75 px (at native sides below 32) that
 would merge them, so there they sit this far out. Above it the rule changes nothing, so
 the 32-px scenes the SDXL-layout model learned are the same."""
+
+
+@dataclass(frozen=True)
+class Proportions:
+    """A subject's face as fractions: the head's radius of the subject's height, the eyes'
+    radius and their distance from the head's axis of the head's radius, and the least eye
+    radius in pixels."""
+
+    head: float = 0.22
+    eye: float = 0.3
+    eye_offset: float = 0.5
+    least_eye: float = 0.85
+
+
+UNET_FACES = Proportions()
+"""The faces the UNet layouts learned."""
+DIT_FACES = Proportions(head=0.26, eye=0.4, eye_offset=0.6, least_eye=1.25)
+"""Larger heads and eyes for the DiT layouts. A DiT sees the latent in 2x2 patches; at the
+UNet faces its eyes are 1.7-3 latent px across, about one patch, and the Flux-layout model
+trained on them drew native heads with two clear eyes in 1 of 8 samples (0 of 8 after twice
+the steps: more eye blobs per head, not two). Here every eye is drawn at least 2.5 px across;
+at the native side of 32 and above it covers at least a patch's 4 pixels (the UNet faces'
+smallest eye: 1 pixel at 32), and the eyes stay 1.3-2 px apart."""
 STRUCTURE = 3.0
 """Amplitude of the eyes, parts and mask channels (the appearance channel stays near 1).
 The counter reads signs. Measured on the earlier 32-channel models: grain of std about 0.3
@@ -53,6 +76,7 @@ class Subject:
     height: float
     tilt: float
     colour: float
+    face: Proportions = UNET_FACES
 
     @property
     def body(self) -> tuple[float, float]:
@@ -61,7 +85,7 @@ class Subject:
 
     @property
     def head_radius(self) -> float:
-        return 0.22 * self.height
+        return self.face.head * self.height
 
     @property
     def axis(self) -> tuple[float, float]:
@@ -79,7 +103,7 @@ class Subject:
         hy, hx = self.head_centre
         ay, ax = self.axis
         across = (ax, -ay)  # perpendicular to the axis
-        offset = max(0.5 * self.head_radius, self.eye_radius + EYE_GAP)
+        offset = max(self.face.eye_offset * self.head_radius, self.eye_radius + EYE_GAP)
         lift = 0.1 * self.head_radius
         return [
             (hy + side * offset * across[0] + lift * ay, hx + side * offset * across[1] + lift * ax)
@@ -88,7 +112,7 @@ class Subject:
 
     @property
     def eye_radius(self) -> float:
-        return max(0.3 * self.head_radius, 0.85)
+        return max(self.face.eye * self.head_radius, self.face.least_eye)
 
     def extent(self) -> float:
         """A radius around the body's centre that holds the whole subject."""
@@ -115,7 +139,9 @@ def _ellipse(ys: torch.Tensor, xs: torch.Tensor, subject: Subject) -> torch.Tens
     return (along / a) ** 2 + (across / b) ** 2 <= 1.0
 
 
-def random_subject(generator: torch.Generator, height: int, width: int, scale: float = 1.0) -> Subject:
+def random_subject(
+    generator: torch.Generator, height: int, width: int, scale: float = 1.0, face: Proportions = UNET_FACES
+) -> Subject:
     """A subject that fits a height x width frame; ``scale`` multiplies the drawn size."""
 
     def uniform(low: float, high: float) -> float:
@@ -124,7 +150,7 @@ def random_subject(generator: torch.Generator, height: int, width: int, scale: f
     size = uniform(*HEIGHT_RANGE) * min(height, width) * scale
     tilt = uniform(-MAX_TILT, MAX_TILT)
     colour = uniform(-1.0, 1.0)
-    probe = Subject(0.0, 0.0, size, tilt, colour)
+    probe = Subject(0.0, 0.0, size, tilt, colour, face)
     # the body's centre sits so that the head and body stay inside the frame
     ay, ax = probe.axis
     head_y, head_x = probe.head_centre
@@ -136,7 +162,7 @@ def random_subject(generator: torch.Generator, height: int, width: int, scale: f
     high_x = min(width - b, width - head_x - reach)
     if low_y > high_y or low_x > high_x:
         raise ValueError(f"a subject of height {size:.1f} does not fit a {height}x{width} frame")
-    return Subject(uniform(low_y, high_y), uniform(low_x, high_x), size, tilt, colour)
+    return Subject(uniform(low_y, high_y), uniform(low_x, high_x), size, tilt, colour, face)
 
 
 def background(generator: torch.Generator, height: int, width: int) -> torch.Tensor:
@@ -172,15 +198,17 @@ def draw(image: torch.Tensor, subject: Subject) -> torch.Tensor:
     return out
 
 
-def scene(seed: int, height: int, width: int) -> tuple[torch.Tensor, Subject]:
+def scene(seed: int, height: int, width: int, face: Proportions = UNET_FACES) -> tuple[torch.Tensor, Subject]:
     """One training scene: a background and exactly one subject."""
     generator = torch.Generator().manual_seed(seed)
     image = background(generator, height, width)
-    subject = random_subject(generator, height, width)
+    subject = random_subject(generator, height, width, face=face)
     return draw(image, subject), subject
 
 
-def composed_scene(seed: int, height: int, width: int, count: int, native: int) -> tuple[torch.Tensor, list[Subject]]:
+def composed_scene(
+    seed: int, height: int, width: int, count: int, native: int, face: Proportions = UNET_FACES
+) -> tuple[torch.Tensor, list[Subject]]:
     """A frame with ``count`` subjects of the training sizes for ``native``, none touching another.
 
     For the counter's tests: subjects are placed one per cell of a grid (cells of at least
@@ -196,13 +224,15 @@ def composed_scene(seed: int, height: int, width: int, count: int, native: int) 
     subjects = []
     for index in range(count):
         row, column = divmod(index, columns)
-        local = random_subject(generator, cell_h, cell_w, scale=native / min(cell_h, cell_w))
-        placed = Subject(local.y + row * cell_h, local.x + column * cell_w, local.height, local.tilt, local.colour)
+        local = random_subject(generator, cell_h, cell_w, scale=native / min(cell_h, cell_w), face=face)
+        placed = Subject(
+            local.y + row * cell_h, local.x + column * cell_w, local.height, local.tilt, local.colour, face
+        )
         image = draw(image, placed)
         subjects.append(placed)
     return image, subjects
 
 
-def batch(seeds: range | list[int], height: int, width: int) -> torch.Tensor:
+def batch(seeds: range | list[int], height: int, width: int, face: Proportions = UNET_FACES) -> torch.Tensor:
     """Training scenes for ``seeds`` stacked as (N, 4, height, width)."""
-    return torch.stack([scene(seed, height, width)[0] for seed in seeds])
+    return torch.stack([scene(seed, height, width, face)[0] for seed in seeds])

@@ -32,7 +32,17 @@ from typing import Any
 import torch
 
 from . import scenes
-from .models import DITS, adm, base_model, context, native_of, pytorch_attention, weights_path, with_latent_channels
+from .models import (
+    DITS,
+    adm,
+    base_model,
+    context,
+    face_of,
+    native_of,
+    pytorch_attention,
+    weights_path,
+    with_latent_channels,
+)
 
 logger = logging.getLogger("hidiffusion.quality")
 UNCOND_RATE = 0.1
@@ -201,7 +211,8 @@ def dataset(settings: TrainSettings, side: int | None = None, channels: int = sc
     by the run's seed), as latents of ``channels`` channels."""
     first = settings.seed * 1_000_003
     side = side or settings.side
-    return with_latent_channels(scenes.batch(range(first, first + settings.dataset), side, side), channels)
+    seeds = range(first, first + settings.dataset)
+    return with_latent_channels(scenes.batch(seeds, side, side, face_of(settings.layout)), channels)
 
 
 def train(settings: TrainSettings, progress: Any = None, losses: list[float] | None = None) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """The HiDiffusion Hires Fix on DiTs with rectified-flow schedules (a tiny random Flux, and a
 tiny random SD3 MMDiT with its discrete-flow schedule): the lock alone per call against the
-formula written here, with the noise level from each model's own schedule in closed form; the
+formula written here, with the noise level the call's sigma from each model's own schedule
+(the unshifted time, in closed form, would differ); the
 native views on them; what is said once; bad input."""
 
 from __future__ import annotations
@@ -80,14 +81,14 @@ def tiny_auraflow(weight_seed: int = 1234):
     return seeded_model(comfy.supported_models.AuraFlow(config), weight_seed)
 
 
-def flux_level(model, sigma: float) -> float:
-    """The noise level (1 − the sampling percent) of a Flux sigma, in closed form: Flux's
+def flux_time(model, sigma: float) -> float:
+    """The unshifted time (1 − the sampling percent) of a Flux sigma, in closed form: Flux's
     schedule is sigma = e^shift / (e^shift + 1/t − 1) at time t, so t = 1 / (1 + e^shift (1/sigma − 1))."""
     shift = model.get_model_object("model_sampling").shift
     return 1.0 / (1.0 + math.exp(shift) * (1.0 / sigma - 1.0))
 
 
-def sd3_level(model, sigma: float) -> float:
+def sd3_time(model, sigma: float) -> float:
     """The same for SD3's and AuraFlow's discrete-flow schedule, sigma = shift·t / (1 + (shift − 1)·t),
     so t = sigma / (shift − (shift − 1)·sigma)."""
     shift = model.get_model_object("model_sampling").shift
@@ -95,20 +96,26 @@ def sd3_level(model, sigma: float) -> float:
 
 
 DITS = {
-    "flux": (tiny_flux, flux_level, 16),
-    "sd3": (tiny_sd3, sd3_level, 16),
-    "auraflow": (tiny_auraflow, sd3_level, 4),
+    "flux": (tiny_flux, flux_time, 16),
+    "sd3": (tiny_sd3, sd3_time, 16),
+    "auraflow": (tiny_auraflow, sd3_time, 4),
 }
-"""Each tiny DiT's builder, its schedule's noise level in closed form, its latent channels."""
+"""Each tiny DiT's builder, its schedule's unshifted time in closed form, its latent channels."""
 
 
-def expected_lock(model, denoised, reference, sigma, level=flux_level):
-    """denoised + g · (low(reference) − low(denoised)); low: area to the native side, bicubic back."""
+def lock_weight(level: float) -> float:
+    """The node's default weight (strength 1, exponent 3) at a noise level."""
+    return (0.5 * (1 + math.cos(math.pi * (1 - level)))) ** 3
+
+
+def expected_lock(model, denoised, reference, level):
+    """denoised + g · (low(reference) − low(denoised)); low: area to the native side, bicubic
+    back; g at the noise ``level`` (a rectified-flow call's sigma: its share of noise)."""
 
     def low(x):
         return F.interpolate(F.adaptive_avg_pool2d(x, NATIVE), size=x.shape[-2:], mode="bicubic", align_corners=False)
 
-    weight = (0.5 * (1 + math.cos(math.pi * (1 - level(model, sigma))))) ** 3
+    weight = lock_weight(level)
     reference = model.model.process_latent_in(reference)
     return denoised + weight * (low(reference) - low(denoised))
 
@@ -117,23 +124,28 @@ def expected_lock(model, denoised, reference, sigma, level=flux_level):
     ("dit", "sampler"), [("flux", "euler"), ("flux", "dpmpp_2m"), ("sd3", "euler"), ("auraflow", "euler")]
 )
 def test_the_lock_on_a_dit_follows_the_formula_at_every_call(pack, dit, sampler):
-    """Flux's, SD3's and AuraFlow's sigmas are rectified-flow ones (1 at pure noise), not EDM
-    ones, on differently shifted schedules: the weight is read from each model's own schedule,
-    so the first call is locked in full and later ones less."""
-    build, level, channels = DITS[dit]
+    """Flux's, SD3's and AuraFlow's sigmas are rectified-flow ones (the share of noise in the
+    call's input, 1 at pure noise), not EDM ones, on differently shifted schedules: the weight
+    is read at each call's sigma as the model's own schedule placed it, so the first call is
+    locked in full and later ones less. The unshifted time (1 − the sampling percent, in closed
+    form) would give other weights, by far more than the tolerance."""
+    build, time_of, channels = DITS[dit]
     before, after = Recorder(), Recorder()
     model, latent = hires_fix(
         pack, with_post_cfg(build(), before), native_latent(channels=channels), advanced="views: 0"
     )
     sample(with_post_cfg(model, after), latent, sampler=sampler)
     assert len(before.calls) == len(after.calls) == 3
-    gaps = []
+    gaps, unshifted_gaps = [], []
     for (sigma, given), (_, result) in zip(before.calls, after.calls, strict=True):
-        expected = expected_lock(model, given, latent["samples"], sigma, level)
+        expected = expected_lock(model, given, latent["samples"], sigma)
         torch.testing.assert_close(result, expected, atol=2e-3, rtol=1e-5)
         gaps.append(float((expected - given).abs().max()))
+        unshifted = expected_lock(model, given, latent["samples"], time_of(model, sigma))
+        unshifted_gaps.append(float((expected - unshifted).abs().max()))
     assert before.calls[0][0] == pytest.approx(1.0)
     assert max(gaps) > 100 * 2e-3, f"the lock must move the prediction far more than the tolerance: {gaps}"
+    assert max(unshifted_gaps) > 10 * 2e-3, f"the shift must matter far more than the tolerance: {unshifted_gaps}"
 
 
 @pytest.mark.parametrize("dit", DITS)

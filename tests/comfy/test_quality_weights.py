@@ -15,9 +15,11 @@ import dataclasses
 
 import pytest
 import torch
+from scipy import ndimage
 from scipy.stats import fisher_exact
 
 from hidiff.quality import counter, lab, models, train
+from hidiff.quality.scenes import MASK
 
 REGRESSION_SEEDS = 12
 """Images per configuration. With the committed model unpatched duplicates the subject on
@@ -186,6 +188,11 @@ def test_the_native_views_give_each_head_two_eyes_where_the_large_call_draws_spe
     assert not any(head.two_eyed for head in large) and min(head.specks for head in large) >= 5, large
 
 
+def mask_regions(image: torch.Tensor) -> int:
+    """How many separate regions an image's subject mask has, however small."""
+    return ndimage.label(image[MASK].numpy() > 0, structure=counter.EIGHT_CONNECTED)[1]
+
+
 def test_the_dit_lab_model_repeats_subjects_at_three_times_the_side_and_the_node_keeps_one_in_place(pack):
     """The Flux-layout lab model (a DiT on a rectified-flow schedule) does not keep one subject
     at 3x the side unpatched; the HiDiffusion Hires Fix (its defaults on a DiT: the lock and
@@ -194,10 +201,12 @@ def test_the_dit_lab_model_repeats_subjects_at_three_times_the_side_and_the_node
     is the unpatched image. Fails when the lock or the views are gone."""
     model = models.load("flux")
     native = models.native_of("flux")
-    candidates = list(range(FIRST_SEED, FIRST_SEED + 6))
+    candidates = list(range(FIRST_SEED, FIRST_SEED + 12))
     natives = lab.sample_batch(model, "flux", native, candidates, native, native, "euler")
-    single = [i for i, reading in enumerate(counter.read_all(natives, native)) if reading.subjects == 1][:3]
-    assert len(single) == 3, "the native samples of 3 of 6 fresh seeds hold one subject"
+    # one subject and nothing else: the lock keeps a native stray blob too (seed 5001's 7 px
+    # become 43 at 3x, which the counter's trained-size threshold reads as a second subject)
+    single = [i for i, image in enumerate(natives) if mask_regions(image) == 1][:3]
+    assert len(single) == 3, "the native samples of 3 of 12 fresh seeds hold one subject alone"
     seeds, first = [candidates[i] for i in single], natives[single]
     configs = {config.name: config for config in lab.CONFIGS}
 
@@ -207,10 +216,10 @@ def test_the_dit_lab_model_repeats_subjects_at_three_times_the_side_and_the_node
         return [reading.subjects for reading in counter.read_all(images, native)], subject_overlap(images, first)
 
     plain, _ = run(None)
-    assert plain != [1, 1, 1], plain  # here 4, 0, 0 subjects
+    assert plain != [1, 1, 1], plain  # here 4, 0, 4 subjects
     node_subjects, node = run("guided")
-    assert node_subjects == [1, 1, 1] and min(node) > 0.6, (node_subjects, node)  # overlap 0.74-0.76 here
+    assert node_subjects == [1, 1, 1] and min(node) > 0.6, (node_subjects, node)  # overlap 0.86-0.88 here
     _, unlocked = run("guided_off")
-    assert max(unlocked) < min(node) - 0.3, (unlocked, node)  # 0.00-0.09 here
+    assert max(unlocked) < min(node) - 0.3, (unlocked, node)  # 0.00-0.15 here
     free_subjects, _ = run("guided_off_no_views")
     assert free_subjects != [1, 1, 1], free_subjects

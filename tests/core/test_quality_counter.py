@@ -16,17 +16,33 @@ from hidiff.quality import counter, scenes
 NATIVE = 32
 
 
-def test_every_training_scene_reads_as_one_well_formed_subject():
-    readings = [counter.read(scenes.scene(seed, NATIVE, NATIVE)[0], NATIVE) for seed in range(400)]
+FACES = [scenes.UNET_FACES, scenes.DIT_FACES]
+
+
+@pytest.mark.parametrize("face", FACES, ids=["unet", "dit"])
+def test_every_training_scene_reads_as_one_well_formed_subject(face):
+    readings = [counter.read(scenes.scene(seed, NATIVE, NATIVE, face)[0], NATIVE) for seed in range(400)]
     assert [(r.subjects, r.well_formed) for r in readings] == [(1, 1)] * 400
 
 
+@pytest.mark.parametrize("side", [32, 48])
+def test_dit_scenes_draw_every_eye_over_a_2x2_patch(side):
+    """The DiT layouts' faces: at the native side and above, each eye covers at least the
+    pixels of one 2x2 patch, and at least twice the UNet faces' smallest eye."""
+    smallest = {
+        face: min(min(counter.eye_areas(scenes.scene(seed, side, side, face)[0], NATIVE)) for seed in range(100))
+        for face in FACES
+    }
+    assert smallest[scenes.DIT_FACES] >= max(2 * 2, 2 * smallest[scenes.UNET_FACES])
+
+
+@pytest.mark.parametrize("face", FACES, ids=["unet", "dit"])
 @pytest.mark.parametrize(
     ("height", "width", "count"), [(64, 64, 1), (64, 64, 4), (64, 96, 2), (64, 96, 6), (96, 96, 5), (96, 96, 9)]
 )
-def test_composed_frames_read_as_their_subject_count(height, width, count):
+def test_composed_frames_read_as_their_subject_count(height, width, count, face):
     for seed in range(40):
-        image, placed = scenes.composed_scene(seed, height, width, count, NATIVE)
+        image, placed = scenes.composed_scene(seed, height, width, count, NATIVE, face)
         reading = counter.read(image, NATIVE)
         assert len(placed) == count
         assert (reading.subjects, reading.well_formed) == (count, count), seed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from hidiff.quality import counter, lab, pictures, scenes
@@ -155,3 +156,14 @@ def test_the_lab_reads_structure_against_the_native_sample_of_each_seed():
     min_area = counter.clear_eye_area(native_eyes, 4)
     assert [counter.read_eyes(image, native, min_area) for image in upscaled] == cell.eyes
     assert cell.eyes != [counter.read_eyes(image, native, counter.clear_eye_area(native_eyes, 1)) for image in upscaled]
+
+
+@pytest.mark.parametrize(("layout", "face"), [("flux", scenes.DIT_FACES), ("sdxl", scenes.UNET_FACES)])
+def test_each_layout_trains_on_its_own_faces(layout, face):
+    from hidiff.quality import train
+
+    settings = train.TrainSettings(layout=layout, dataset=4)
+    drawn = scenes.batch(range(4), NATIVE, NATIVE, face)
+    other = scenes.DIT_FACES if face == scenes.UNET_FACES else scenes.UNET_FACES
+    assert torch.equal(train.dataset(settings, NATIVE, scenes.CHANNELS), drawn)
+    assert not torch.equal(scenes.batch(range(4), NATIVE, NATIVE, other), drawn)

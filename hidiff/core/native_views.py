@@ -11,7 +11,7 @@ subject has its trained size, so each view draws one head with two eyes, and put
 place they draw that head at the large size. Each view of a noisy latent is a noisy native
 image at the same sigma, so the views need no other noise level. Per call:
 
-    views_in = restandardise(G(x, 2s − 1, blur · (0.99 · cos_f + 0.01)))   (DemoFusion's c3)
+    views_in = restandardise(G(x, 2s − 1, blur · (0.99 · cos_f + 0.01)))   (DemoFusion's c3; per channel)
     placed   = interleave(x0(views_in[..., i::s, j::s]))
     x0'      = (1 − w) · x0_large + w · degrain(placed)
 
@@ -103,15 +103,20 @@ def gaussian_low(x: torch.Tensor, stride: int, sigma: float) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, stride: int, sigma: float) -> torch.Tensor:
-    """:func:`gaussian_low` of ``x``, re-standardised to each image's own mean and std.
+    """:func:`gaussian_low` of ``x``, re-standardised to each channel's own mean and std.
 
     Why: the views are disjoint pixel lattices; from the raw latent each would draw its own
     detail. Blurred first, every view sees its neighbours' content and the views agree
-    (DemoFusion §3.4); re-standardised, the input keeps the noise level its sigma says."""
+    (DemoFusion §3.4); re-standardised, the input keeps the noise level its sigma says.
+    Per channel, not per image as DemoFusion does: one factor for all channels scales each
+    channel's offset from the image's mean too, and the views then drew that offset larger.
+    Measured in the lab at 3x (8 seeds, the appearance channel's background mean): per image
+    0.63 -> 1.15 on the SDXL layout, 0.36 -> 1.47 on SD1.5 (a colour cast); per channel 0.57
+    and 0.19, the native samples' means within about 0.2."""
     if sigma <= 0.0 or stride < 2:
         return x
     blurred = gaussian_low(x, stride, sigma)
-    dims = (1, 2, 3)
+    dims = (2, 3)
     mean, std = x.mean(dim=dims, keepdim=True), x.std(dim=dims, keepdim=True)
     b_mean, b_std = blurred.mean(dim=dims, keepdim=True), blurred.std(dim=dims, keepdim=True)
     return (blurred - b_mean) / b_std.clamp_min(1e-6) * std + mean

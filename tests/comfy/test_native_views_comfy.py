@@ -39,14 +39,15 @@ class CallRecorder:
         return result
 
     def expected(self, apply_model, x, t, plain, without):
-        """Blur (DemoFusion's c3), re-standardise, mirror up to a multiple of the stride, denoise
+        """Blur (DemoFusion's c3), re-standardise each channel, mirror up to a multiple of the stride, denoise
         each view, put back, take out each view's smooth offset, crop, blend."""
         s, level = self.stride, noise_level(self.model, float(t.max()))
         ramp = 0.5 * (1 + math.cos(math.pi * (1 - level)))
         low = gaussian(x, s - 1, self.blur * (0.99 * ramp + 0.01))
-        blurred = torch.stack(
-            [(low[b] - low[b].mean()) / low[b].std() * x[b].std() + x[b].mean() for b in range(x.shape[0])]
-        )
+        dims = (-2, -1)  # each channel of each image
+        blurred = (low - low.mean(dims, keepdim=True)) / low.std(dims, keepdim=True) * x.std(
+            dims, keepdim=True
+        ) + x.mean(dims, keepdim=True)
         height, width = x.shape[-2:]
         blurred = F.pad(blurred, (0, -width % s, 0, -height % s), mode="reflect")
         placed = torch.zeros_like(blurred)

@@ -80,15 +80,21 @@ def written_out_gaussian(x: torch.Tensor, radius: int, sigma: float) -> torch.Te
     return out
 
 
-def test_the_views_input_is_the_written_out_gaussian_restandardised_per_image():
+def test_the_views_input_is_the_written_out_gaussian_restandardised_per_channel():
+    """Each channel keeps its own mean and std; re-standardised per image, a channel far from
+    the image's mean (channel 2 here) would come out further from it."""
     x = torch.randn(2, 4, 9, 10, generator=torch.Generator().manual_seed(3))
     x[1] = x[1] * 3.0 + 1.0
+    x[:, 2] += 4.0
     blurred = native_views.gaussian_blur(x, 3, 1.5)
     low = written_out_gaussian(x, 2, 1.5)
     torch.testing.assert_close(native_views.gaussian_low(x, 3, 1.5), low, atol=1e-5, rtol=1e-5)
     for b in range(2):
-        expected = (low[b] - low[b].mean()) / low[b].std() * x[b].std() + x[b].mean()
-        torch.testing.assert_close(blurred[b], expected, atol=1e-5, rtol=1e-5)
+        for c in range(4):
+            expected = (low[b, c] - low[b, c].mean()) / low[b, c].std() * x[b, c].std() + x[b, c].mean()
+            torch.testing.assert_close(blurred[b, c], expected, atol=1e-5, rtol=1e-5)
+    per_image = (low[0] - low[0].mean()) / low[0].std() * x[0].std() + x[0].mean()
+    assert float((per_image[2].mean() - x[0, 2].mean()).abs()) > 100 * 1e-5, "the two must differ"
     assert float((blurred - x).abs().max()) > 0.5, "the blur must change the noise it is given"
     assert native_views.gaussian_blur(x, 3, 0.0) is x
 

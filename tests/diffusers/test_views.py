@@ -36,7 +36,7 @@ def to_x0(output, sample, a, s, prediction_type):
 
 
 def expected(pipe, sample, stride, share, prediction_type):
-    """Blur, re-standardise, mirror up to the stride, each view's x0 from the plain UNet at
+    """Blur, re-standardise each channel, mirror up to the stride, each view's x0 from the plain UNet at
     the view's own input, put back, each view's smooth offset out, crop, blend with the large
     call's x0, and the output whose x0 that is."""
     alpha_bar = float(pipe.scheduler.alphas_cumprod[TIMESTEP])
@@ -44,7 +44,10 @@ def expected(pipe, sample, stride, share, prediction_type):
     level = TIMESTEP / 1000
     ramp = 0.5 * (1 + math.cos(math.pi * (1 - level)))
     low = gaussian(sample, stride - 1, BLUR * (0.99 * ramp + 0.01))
-    blurred = (low - low.mean()) / low.std() * sample.std() + sample.mean()
+    dims = (-2, -1)  # each channel
+    blurred = (low - low.mean(dims, keepdim=True)) / low.std(dims, keepdim=True) * sample.std(
+        dims, keepdim=True
+    ) + sample.mean(dims, keepdim=True)
     height, width = sample.shape[-2:]
     blurred = functional.pad(blurred, (0, -width % stride, 0, -height % stride), mode="reflect")
     placed = torch.zeros_like(blurred)

@@ -19,7 +19,7 @@ from scipy import ndimage
 from scipy.stats import fisher_exact
 
 from hidiff.quality import counter, lab, models, train
-from hidiff.quality.scenes import MASK
+from hidiff.quality.scenes import APPEARANCE, MASK
 
 REGRESSION_SEEDS = 12
 """Images per configuration. With the committed model unpatched duplicates the subject on
@@ -178,14 +178,23 @@ def test_the_native_views_give_each_head_two_eyes_where_the_large_call_draws_spe
     first = lab.sample_batch(model, layout, native, seeds, native, native, "euler")
     clear = counter.clear_eye_area([area for image in first for area in counter.eye_areas(image, native)], 9)
 
-    def eyes(name: str) -> list[counter.Eyes]:
-        images = lab.sample_batch(model, layout, native, seeds, 3 * native, 3 * native, "euler", config=configs[name])
-        return [counter.read_eyes(image, native, clear) for image in images]
+    def sampled(name: str) -> torch.Tensor:
+        return lab.sample_batch(model, layout, native, seeds, 3 * native, 3 * native, "euler", config=configs[name])
 
-    views, large = eyes("guided_10"), eyes("guided_no_views_10")
+    with_views, without = sampled("guided_10"), sampled("guided_no_views_10")
+    views, large = ([counter.read_eyes(image, native, clear) for image in images] for images in (with_views, without))
     # here: views 2 clear eyes, 0 specks on all three; without them 1 clear eye and 7-9 specks
     assert all(head.two_eyed and head.specks <= 1 for head in views), views
     assert not any(head.two_eyed for head in large) and min(head.specks for head in large) >= 5, large
+    # and the views keep the native background's tone (a per-image re-standardisation of their
+    # input moved it by 0.2-0.5 here; per channel 0.00-0.05)
+    shift = [abs(background(image) - background(native_image)) for image, native_image in zip(with_views, first)]
+    assert max(shift) < 0.15, shift
+
+
+def background(image: torch.Tensor) -> float:
+    """The mean of the appearance channel off the subject (the scene's background tone)."""
+    return float(image[APPEARANCE][image[MASK] < 0].mean())
 
 
 def mask_regions(image: torch.Tensor) -> int:

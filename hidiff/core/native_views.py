@@ -110,9 +110,11 @@ def gaussian_blur(x: torch.Tensor, stride: int, sigma: float) -> torch.Tensor:
     (DemoFusion §3.4); re-standardised, the input keeps the noise level its sigma says.
     Per channel, not per image as DemoFusion does: one factor for all channels scales each
     channel's offset from the image's mean too, and the views then drew that offset larger.
-    Measured in the lab at 3x (8 seeds, the appearance channel's background mean): per image
-    0.63 -> 1.15 on the SDXL layout, 0.36 -> 1.47 on SD1.5 (a colour cast); per channel 0.57
-    and 0.19, the native samples' means within about 0.2."""
+    Measured with the lab's sampler (``lab.sample_batch``, seeds 0-7, 3x, the node's defaults;
+    the appearance channel's background mean of seed 0, native -> per image -> per channel):
+    0.63 -> 1.15 -> 0.57 on the SDXL layout, 0.36 -> 1.47 -> 0.19 on SD1.5 (per image a colour
+    cast on every seed; per channel the native means within about 0.25). The ComfyUI tier
+    checks it on fresh seeds (``tests/comfy/test_quality_weights.py``)."""
     if sigma <= 0.0 or stride < 2:
         return x
     blurred = gaussian_low(x, stride, sigma)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import torch
+from comfy.model_sampling import CONST
 from comfy.patcher_extension import WrappersMP
 
 from ..core.gate import at_or_below_native, gated_message
@@ -332,9 +333,7 @@ def noise_level(state: RunState | None, sigma: float, model_sampling: Any) -> fl
     docs/quality.md): the unshifted 1 − percent ends the lock and the native views earlier
     (Flux's shift puts sigma above it at every step) and left 3.5-25 eye specks per image
     against 0.6-1.6 with sigma."""
-    import comfy.model_sampling
-
-    if isinstance(model_sampling, comfy.model_sampling.CONST):
+    if isinstance(model_sampling, CONST):
         return min(max(float(sigma), 0.0), 1.0)
     return 1.0 - sampling_percent(state, sigma, model_sampling.percent_to_sigma)
 
